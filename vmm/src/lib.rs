@@ -1,1 +1,20 @@
-//! Placeholder.
+//! husk-vmm: a KVM micro-VM monitor that boots one husk pod.
+//!
+//! The crate is split by concern, after Firecracker and rust-vmm's vmm-reference:
+//! [`config`] (typed, validated configuration), [`arch`] (x86_64 layout and boot state),
+//! [`memory`] (memfd-backed guest RAM), [`vstate`] (KVM VM and vCPUs), [`devices`] (legacy and
+//! virtio devices), [`event_loop`], [`api`] (control socket) and [`builder`], which ties them
+//! together.
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod devices;
+pub mod event_loop;
+pub mod exit;
+pub mod memory;
+pub mod metrics;
+pub mod vstate;

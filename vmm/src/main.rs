@@ -1,1 +1,34 @@
-fn main() {}
+//! `husk-vmm`: boots one micro-VM and exits when the guest resets (status 0), when the
+//! control API asks it to (status 0), or on a fatal error (status 1; invalid configuration:
+//! status 2).
+
+use clap::Parser;
+use husk_vmm::builder::run_vm;
+use husk_vmm::config::{Cli, VmConfig};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUSK_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match VmConfig::try_from(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("husk-vmm: {e}");
+            std::process::exit(2);
+        }
+    };
+    match run_vm(&cfg) {
+        Ok(reason) => {
+            tracing::info!("VM ended: {reason:?}");
+            std::process::exit(reason.exit_code());
+        }
+        Err(e) => {
+            eprintln!("husk-vmm: {e}");
+            std::process::exit(1);
+        }
+    }
+}

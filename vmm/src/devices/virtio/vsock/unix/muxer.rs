@@ -1,0 +1,593 @@
+//! The hybrid-vsock multiplexer: a listener for host-initiated connections, outgoing
+//! connections for guest-initiated ones, and one [`Connection`] per stream, all driven by a
+//! private epoll set that the VMM's event loop watches through [`AsRawFd`].
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::handshake::{parse_connect, MAX_HANDSHAKE_LEN};
+use crate::devices::virtio::vsock::csm::{ConnState, Connection};
+use crate::devices::virtio::vsock::packet::{VsockHeader, VsockPacket};
+use crate::devices::virtio::vsock::{
+    op, VsockBackend, VsockChannel, VSOCK_HOST_CID, VSOCK_TYPE_STREAM,
+};
+use crate::metrics::Metrics;
+
+/// First host port handed to host-initiated connections.
+const LOCAL_PORT_BASE: u32 = 1 << 30;
+/// Limit on streams that have connected but not yet sent `CONNECT`.
+const MAX_HANDSHAKES: usize = 64;
+/// Limit on live connections.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// (host port, guest port).
+type ConnKey = (u32, u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Listener,
+    Handshake,
+    Conn(ConnKey),
+}
+
+#[derive(Debug)]
+enum RxItem {
+    Raw(VsockHeader),
+    Conn(ConnKey),
+}
+
+/// Errors creating the muxer.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxerError {
+    /// Binding the host socket failed.
+    #[error("binding {0}: {1}")]
+    Bind(PathBuf, std::io::Error),
+    /// epoll setup failed.
+    #[error("epoll: {0}")]
+    Epoll(std::io::Error),
+}
+
+/// The hybrid-vsock backend.
+pub struct VsockMuxer {
+    epoll: Epoll,
+    host_sock: PathBuf,
+    listener: UnixListener,
+    guest_cid: u64,
+    conns: HashMap<ConnKey, Connection>,
+    handshakes: HashMap<RawFd, UnixStream>,
+    owners: HashMap<RawFd, (Owner, EventSet)>,
+    rxq: VecDeque<RxItem>,
+    next_local_port: u32,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for VsockMuxer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VsockMuxer")
+            .field("host_sock", &self.host_sock)
+            .field("conns", &self.conns.len())
+            .finish()
+    }
+}
+
+impl VsockMuxer {
+    /// Binds `host_sock` (replacing a stale socket file) for guest `guest_cid`.
+    pub fn new(
+        host_sock: &Path,
+        guest_cid: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, MuxerError> {
+        let _ = std::fs::remove_file(host_sock);
+        let listener =
+            UnixListener::bind(host_sock).map_err(|e| MuxerError::Bind(host_sock.into(), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| MuxerError::Bind(host_sock.into(), e))?;
+        let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
+        let mut m = Self {
+            epoll,
+            host_sock: host_sock.to_owned(),
+            listener,
+            guest_cid,
+            conns: HashMap::new(),
+            handshakes: HashMap::new(),
+            owners: HashMap::new(),
+            rxq: VecDeque::new(),
+            next_local_port: LOCAL_PORT_BASE,
+            metrics,
+        };
+        let fd = m.listener.as_raw_fd();
+        m.set_interest(fd, Owner::Listener, EventSet::IN)
+            .map_err(MuxerError::Epoll)?;
+        Ok(m)
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Registers, modifies or (for an empty set) removes `fd` in the private epoll.
+    fn set_interest(&mut self, fd: RawFd, owner: Owner, ev: EventSet) -> std::io::Result<()> {
+        let prev = self.owners.get(&fd).map(|(_, e)| *e);
+        let op = match (prev, ev.is_empty()) {
+            (None, true) => return Ok(()),
+            (None, false) => ControlOperation::Add,
+            (Some(p), false) if p == ev => return Ok(()),
+            (Some(_), false) => ControlOperation::Modify,
+            (Some(_), true) => ControlOperation::Delete,
+        };
+        self.epoll.ctl(op, fd, EpollEvent::new(ev, fd as u64))?;
+        if ev.is_empty() {
+            self.owners.remove(&fd);
+        } else {
+            self.owners.insert(fd, (owner, ev));
+        }
+        Ok(())
+    }
+
+    fn forget_fd(&mut self, fd: RawFd) {
+        if self.owners.remove(&fd).is_some() {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+    }
+
+    fn rst_for(&self, h: &VsockHeader) -> VsockHeader {
+        VsockHeader {
+            src_cid: VSOCK_HOST_CID,
+            dst_cid: self.guest_cid,
+            src_port: h.dst_port,
+            dst_port: h.src_port,
+            len: 0,
+            type_: VSOCK_TYPE_STREAM,
+            op: op::RST,
+            flags: 0,
+            buf_alloc: 0,
+            fwd_cnt: 0,
+        }
+    }
+
+    /// Re-evaluates a connection after anything happened to it.
+    fn refresh(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let fd = conn.stream().as_raw_fd();
+        if conn.is_done() {
+            self.forget_fd(fd);
+            self.conns.remove(&key);
+            return;
+        }
+        if conn.has_pending_rx() && !conn.in_rxq {
+            conn.in_rxq = true;
+            self.rxq.push_back(RxItem::Conn(key));
+        }
+        let ev = conn.interest();
+        if let Err(e) = self.set_interest(fd, Owner::Conn(key), ev) {
+            tracing::warn!("vsock: epoll update failed: {e}");
+        }
+    }
+
+    fn allocate_local_port(&mut self) -> u32 {
+        loop {
+            let p = self.next_local_port;
+            self.next_local_port = self.next_local_port.wrapping_add(1).max(LOCAL_PORT_BASE);
+            if !self.conns.keys().any(|k| k.0 == p) {
+                return p;
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.handshakes.len() >= MAX_HANDSHAKES
+                        || self.conns.len() >= MAX_CONNECTIONS
+                        || stream.set_nonblocking(true).is_err()
+                    {
+                        continue; // dropped: the client sees EOF
+                    }
+                    let fd = stream.as_raw_fd();
+                    if self
+                        .set_interest(fd, Owner::Handshake, EventSet::IN)
+                        .is_ok()
+                    {
+                        self.handshakes.insert(fd, stream);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("vsock: accept: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_handshake(&mut self, fd: RawFd) {
+        let Some(stream) = self.handshakes.get_mut(&fd) else {
+            return;
+        };
+        let mut peek = [0u8; MAX_HANDSHAKE_LEN];
+        // SAFETY: `fd` is the open socket owned by `stream`; `peek` is a valid buffer of the
+        // given length.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                peek.as_mut_ptr().cast(),
+                peek.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ) {
+                return;
+            }
+        }
+        let outcome = if n <= 0 {
+            Err("closed".to_string())
+        } else {
+            parse_connect(&peek[..n as usize]).map_err(|e| e.to_string())
+        };
+        match outcome {
+            Ok(None) => {}
+            Ok(Some((port, consumed))) => {
+                let mut line = vec![0u8; consumed];
+                if stream.read_exact(&mut line).is_err() {
+                    self.drop_handshake(fd);
+                    return;
+                }
+                self.forget_fd(fd);
+                let Some(stream) = self.handshakes.remove(&fd) else {
+                    return;
+                };
+                let local = self.allocate_local_port();
+                let conn = Connection::new_local(stream, local, port, self.guest_cid);
+                self.metrics
+                    .vsock_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                self.conns.insert((local, port), conn);
+                self.refresh((local, port));
+            }
+            Err(e) => {
+                tracing::debug!("vsock: rejecting host connection: {e}");
+                self.drop_handshake(fd);
+            }
+        }
+    }
+
+    fn drop_handshake(&mut self, fd: RawFd) {
+        self.forget_fd(fd);
+        self.handshakes.remove(&fd);
+    }
+
+    fn guest_connect(&mut self, h: &VsockHeader) {
+        let path = format!("{}_{}", self.host_sock.display(), h.dst_port);
+        let stream = if self.conns.len() >= MAX_CONNECTIONS {
+            None
+        } else {
+            UnixStream::connect(&path)
+                .and_then(|s| s.set_nonblocking(true).map(|_| s))
+                .map_err(|e| tracing::debug!("vsock: guest connect to {path}: {e}"))
+                .ok()
+        };
+        match stream {
+            Some(s) => {
+                let key = (h.dst_port, h.src_port);
+                self.metrics
+                    .vsock_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                self.conns.insert(key, Connection::new_peer(s, h));
+                self.refresh(key);
+            }
+            None => {
+                let rst = self.rst_for(h);
+                self.rxq.push_back(RxItem::Raw(rst));
+            }
+        }
+    }
+}
+
+impl VsockChannel for VsockMuxer {
+    fn recv_pkt(&mut self, max_payload: usize) -> Option<VsockPacket> {
+        while let Some(item) = self.rxq.pop_front() {
+            match item {
+                RxItem::Raw(hdr) => return Some(VsockPacket { hdr, data: vec![] }),
+                RxItem::Conn(key) => {
+                    let Some(conn) = self.conns.get_mut(&key) else {
+                        continue;
+                    };
+                    conn.in_rxq = false;
+                    let pkt = conn.recv_pkt(max_payload);
+                    self.refresh(key);
+                    if let Some(p) = pkt {
+                        self.metrics
+                            .vsock_rx_bytes
+                            .fetch_add(p.data.len() as u64, Ordering::Relaxed);
+                        return Some(p);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn send_pkt(&mut self, pkt: VsockPacket) {
+        let h = pkt.hdr;
+        if h.dst_cid != VSOCK_HOST_CID || h.src_cid != self.guest_cid {
+            self.metrics.guest_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let key = (h.dst_port, h.src_port);
+        if h.type_ != VSOCK_TYPE_STREAM {
+            if h.op != op::RST {
+                let rst = self.rst_for(&h);
+                self.rxq.push_back(RxItem::Raw(rst));
+            }
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(&key) {
+            if h.op == op::REQUEST && conn.state() != ConnState::LocalInit {
+                // A second REQUEST for a live connection: reset it.
+                let rst = VsockPacket {
+                    hdr: VsockHeader { op: op::RST, ..h },
+                    data: vec![],
+                };
+                conn.send_pkt(rst);
+                let rst = self.rst_for(&h);
+                self.rxq.push_back(RxItem::Raw(rst));
+            } else {
+                let f = conn.send_pkt(pkt);
+                self.metrics
+                    .vsock_tx_bytes
+                    .fetch_add(f.tx_bytes as u64, Ordering::Relaxed);
+            }
+            self.refresh(key);
+            return;
+        }
+        match h.op {
+            op::REQUEST => self.guest_connect(&h),
+            op::RST => {}
+            _ => {
+                let rst = self.rst_for(&h);
+                self.rxq.push_back(RxItem::Raw(rst));
+            }
+        }
+    }
+
+    fn has_pending_rx(&self) -> bool {
+        !self.rxq.is_empty()
+    }
+}
+
+impl AsRawFd for VsockMuxer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+}
+
+impl VsockBackend for VsockMuxer {
+    fn notify(&mut self, _evset: EventSet) {
+        let mut events = [EpollEvent::default(); 32];
+        let n = match self.epoll.wait(0, &mut events) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("vsock: epoll_wait: {e}");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let fd = ev.fd();
+            let Some((owner, _)) = self.owners.get(&fd).copied() else {
+                continue;
+            };
+            match owner {
+                Owner::Listener => self.accept_all(),
+                Owner::Handshake => self.handle_handshake(fd),
+                Owner::Conn(key) => {
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        c.notify(ev.event_set());
+                    }
+                    self.refresh(key);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for VsockMuxer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.host_sock);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    const CID: u64 = 3;
+
+    fn muxer(dir: &Path) -> VsockMuxer {
+        VsockMuxer::new(&dir.join("v.sock"), CID, Arc::new(Metrics::default())).unwrap()
+    }
+
+    fn guest(op: u16, src_port: u32, dst_port: u32, data: &[u8]) -> VsockPacket {
+        VsockPacket {
+            hdr: VsockHeader {
+                src_cid: CID,
+                dst_cid: VSOCK_HOST_CID,
+                src_port,
+                dst_port,
+                len: data.len() as u32,
+                type_: VSOCK_TYPE_STREAM,
+                op,
+                flags: 0,
+                buf_alloc: 65536,
+                fwd_cnt: 0,
+            },
+            data: data.to_vec(),
+        }
+    }
+
+    /// Polls the muxer until `f` holds (the epoll set is real, so events take a moment).
+    fn pump_until(m: &mut VsockMuxer, mut f: impl FnMut(&mut VsockMuxer) -> bool) {
+        for _ in 0..200 {
+            m.notify(EventSet::IN);
+            if f(m) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("condition not reached");
+    }
+
+    #[test]
+    fn host_initiated_connect_and_echo() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        client.write_all(b"CONNECT 1024\npayload").unwrap();
+        pump_until(&mut m, |m| m.has_pending_rx());
+        let req = m.recv_pkt(4096).unwrap();
+        assert_eq!(req.hdr.op, op::REQUEST);
+        assert_eq!(req.hdr.dst_port, 1024);
+        assert_eq!(req.hdr.dst_cid, CID);
+        let host_port = req.hdr.src_port;
+        assert!(host_port >= LOCAL_PORT_BASE);
+
+        m.send_pkt(guest(op::RESPONSE, 1024, host_port, b""));
+        let mut ok = vec![0u8; format!("OK {host_port}\n").len()];
+        client.read_exact(&mut ok).unwrap();
+        assert_eq!(ok, format!("OK {host_port}\n").as_bytes());
+
+        // Bytes sent after the CONNECT line are not lost.
+        pump_until(&mut m, |m| m.has_pending_rx());
+        let d = m.recv_pkt(4096).unwrap();
+        assert_eq!((d.hdr.op, &d.data[..]), (op::RW, &b"payload"[..]));
+
+        m.send_pkt(guest(op::RW, 1024, host_port, b"echo"));
+        let mut b = [0u8; 4];
+        client.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"echo");
+        assert_eq!(m.connection_count(), 1);
+
+        // Guest refuses: RST closes the host stream.
+        m.send_pkt(guest(op::RST, 1024, host_port, b""));
+        assert_eq!(m.connection_count(), 0);
+        let mut rest = vec![];
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn bad_handshake_closes_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        client.write_all(b"HELLO\n").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        pump_until(&mut m, |m| m.handshakes.is_empty() && m.owners.len() == 1);
+        // Closed by the muxer: EOF, or a reset because our bytes were never read.
+        let mut buf = vec![];
+        match client.read_to_end(&mut buf) {
+            Ok(n) => assert_eq!(n, 0),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+        assert!(!m.has_pending_rx());
+    }
+
+    #[test]
+    fn guest_initiated_to_listener_and_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let listener = UnixListener::bind(dir.path().join("v.sock_5000")).unwrap();
+        m.send_pkt(guest(op::REQUEST, 40000, 5000, b""));
+        let resp = m.recv_pkt(4096).unwrap();
+        assert_eq!(resp.hdr.op, op::RESPONSE);
+        assert_eq!((resp.hdr.src_port, resp.hdr.dst_port), (5000, 40000));
+        let (mut s, _) = listener.accept().unwrap();
+        m.send_pkt(guest(op::RW, 40000, 5000, b"ping"));
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+        s.write_all(b"pong").unwrap();
+        pump_until(&mut m, |m| m.has_pending_rx());
+        assert_eq!(m.recv_pkt(4096).unwrap().data, b"pong");
+
+        // No listener on port 6000: RST.
+        m.send_pkt(guest(op::REQUEST, 40001, 6000, b""));
+        let rst = m.recv_pkt(4096).unwrap();
+        assert_eq!(
+            (rst.hdr.op, rst.hdr.dst_port, rst.hdr.src_port),
+            (op::RST, 40001, 6000)
+        );
+        // Data for an unknown connection: RST as well; a stray RST gets no answer.
+        m.send_pkt(guest(op::RW, 40002, 7000, b"x"));
+        assert_eq!(m.recv_pkt(4096).unwrap().hdr.op, op::RST);
+        m.send_pkt(guest(op::RST, 40002, 7000, b""));
+        assert!(m.recv_pkt(4096).is_none());
+    }
+
+    #[test]
+    fn wrong_cids_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let mut p = guest(op::REQUEST, 1, 2, b"");
+        p.hdr.src_cid = 99;
+        m.send_pkt(p);
+        let mut p = guest(op::REQUEST, 1, 2, b"");
+        p.hdr.dst_cid = 5;
+        m.send_pkt(p);
+        assert!(!m.has_pending_rx());
+        assert_eq!(m.metrics.guest_errors.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn many_host_connections_get_distinct_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let mut clients = vec![];
+        for _ in 0..10 {
+            let mut c = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+            c.write_all(b"CONNECT 1024\n").unwrap();
+            clients.push(c);
+        }
+        let mut ports = std::collections::HashSet::new();
+        pump_until(&mut m, |m| {
+            while let Some(p) = m.recv_pkt(4096) {
+                assert_eq!(p.hdr.op, op::REQUEST);
+                ports.insert(p.hdr.src_port);
+            }
+            ports.len() == 10
+        });
+        assert_eq!(m.connection_count(), 10);
+    }
+
+    #[test]
+    fn socket_file_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = muxer(dir.path());
+        assert!(dir.path().join("v.sock").exists());
+        drop(m);
+        assert!(!dir.path().join("v.sock").exists());
+    }
+}
