@@ -1,0 +1,147 @@
+//! Starting a setup process (`husk-agent __husk_setup`) from the multi-threaded agent and
+//! following its report until the container process is ready.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{pipe2, Pid};
+
+use super::stdio::ChildStdio;
+use crate::error::{Error, Result};
+use crate::reaper::Reaper;
+use crate::setup::config::{LaunchConfig, SyncMessage, SETUP_ARG};
+
+/// A container process that reported `Ready` and waits for its start byte.
+pub struct Launched {
+    /// Its pid.
+    pub pid: i32,
+    /// Writing one byte here lets it exec; dropping it makes it exit.
+    pub start: File,
+}
+
+/// Descriptor numbers in the setup process, in the order of [`spawn_setup`]'s `fds`.
+const TARGETS: [RawFd; 6] = [0, 1, 2, 3, 4, 5];
+
+/// Lowest descriptor used while shuffling (above every target).
+const SHUFFLE_BASE: RawFd = 10;
+
+/// forks and execs `/proc/self/exe __husk_setup` with `fds` as its descriptors 0..=5.
+fn spawn_setup(fds: [RawFd; 6]) -> Result<i32> {
+    let exe = CString::new("/proc/self/exe").map_err(|_| Error::Setup("exe path".into()))?;
+    let arg0 = CString::new("husk-agent").map_err(|_| Error::Setup("argv".into()))?;
+    let arg1 = CString::new(SETUP_ARG).map_err(|_| Error::Setup("argv".into()))?;
+    let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+    // SAFETY: the agent is multi-threaded, so the child may only make async-signal-safe
+    // calls: it does fcntl, dup2, execv and _exit on data prepared before the fork.
+    match unsafe { nix::unistd::fork() }.map_err(|e| Error::errno("fork", e))? {
+        nix::unistd::ForkResult::Child => {
+            let mut moved = [0; 6];
+            for (i, fd) in fds.iter().enumerate() {
+                // SAFETY: async-signal-safe fcntl on an fd the parent owns.
+                moved[i] = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, SHUFFLE_BASE) };
+                if moved[i] < 0 {
+                    // SAFETY: _exit is async-signal-safe.
+                    unsafe { libc::_exit(126) };
+                }
+            }
+            for (src, dst) in moved.iter().zip(TARGETS) {
+                // SAFETY: async-signal-safe dup2; the target loses O_CLOEXEC.
+                if unsafe { libc::dup2(*src, dst) } < 0 {
+                    // SAFETY: _exit is async-signal-safe.
+                    unsafe { libc::_exit(126) };
+                }
+            }
+            // SAFETY: exe and argv are valid NUL-terminated strings / a NULL-terminated array
+            // built before the fork; execv and _exit are async-signal-safe.
+            unsafe {
+                libc::execv(exe.as_ptr(), argv.as_ptr());
+                libc::_exit(127)
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::errno("pipe2", e))
+}
+
+/// Runs a setup process for `cfg` with `stdio` as the container's fds 0-2 and waits until
+/// the container process is ready (or failed, in which case nothing of it is left).
+pub fn launch(cfg: &LaunchConfig, stdio: ChildStdio, reaper: &Reaper) -> Result<Launched> {
+    let config = serde_json::to_vec(cfg).map_err(|e| Error::Setup(format!("config: {e}")))?;
+    let (cfg_r, cfg_w) = pipe()?;
+    let (sync_r, sync_w) = pipe()?;
+    let (start_r, start_w) = pipe()?;
+    let helper = spawn_setup([
+        stdio[0].as_raw_fd(),
+        stdio[1].as_raw_fd(),
+        stdio[2].as_raw_fd(),
+        cfg_r.as_raw_fd(),
+        sync_w.as_raw_fd(),
+        start_r.as_raw_fd(),
+    ])?;
+    reaper.watch(helper);
+    reaper.child_spawned();
+    drop((stdio, cfg_r, sync_w, start_r));
+    let mut cfg_w = File::from(cfg_w);
+    // The helper reads the config to EOF before anything else.
+    let write_result = cfg_w.write_all(&config);
+    drop(cfg_w);
+
+    let mut pid = None;
+    let mut outcome = Err(Error::Setup("setup process exited without a report".into()));
+    for line in BufReader::new(File::from(sync_r)).lines() {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<SyncMessage>(&line) {
+            Ok(SyncMessage::Pid(p)) => {
+                reaper.watch(p);
+                pid = Some(p);
+            }
+            Ok(SyncMessage::Ready) => {
+                outcome = Ok(());
+                break;
+            }
+            Ok(SyncMessage::Invalid(m)) => {
+                outcome = Err(Error::InvalidArgument(m));
+                break;
+            }
+            Ok(SyncMessage::Error(m)) => {
+                outcome = Err(Error::Setup(m));
+                break;
+            }
+            Err(e) => {
+                outcome = Err(Error::Setup(format!("bad report {line:?}: {e}")));
+                break;
+            }
+        }
+    }
+    // Stage 1 exits right after reporting the pid.
+    let _ = reaper.wait(helper, Some(Duration::from_secs(10)));
+    reaper.forget(helper);
+    if let Err(e) = write_result {
+        if outcome.is_ok() {
+            outcome = Err(Error::io("write setup config", e));
+        }
+    }
+    match (outcome, pid) {
+        (Ok(()), Some(pid)) => Ok(Launched {
+            pid,
+            start: File::from(start_w),
+        }),
+        (Ok(()), None) => Err(Error::Setup("setup reported ready without a pid".into())),
+        (Err(e), pid) => {
+            if let Some(p) = pid {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                let _ = reaper.wait(p, Some(Duration::from_secs(10)));
+                reaper.forget(p);
+            }
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Containers and their processes: the state the agent keeps and the operations of the API.
+
+pub mod launch;
+pub mod spec;
+pub mod stdio;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use husk_protocol::agent::ContainerStatsResponse;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process as OciProcess, Spec};
+
+use crate::cgroup::{Cgroup, CgroupRoot};
+use crate::error::{Error, Result};
+use crate::reaper::Reaper;
+use crate::setup::config::{LaunchConfig, LaunchMode};
+use stdio::ProcessIo;
+
+/// How long remove waits for a killed container's processes to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// One process of a container (its init, or an exec'd one).
+pub struct ProcessEntry {
+    /// Pid in the agent's pid namespace.
+    pub pid: i32,
+    /// Its standard streams.
+    pub io: ProcessIo,
+}
+
+enum State {
+    /// Set up, waiting for start; writing a byte to the pipe starts it.
+    Created(File),
+    /// Started.
+    Running,
+}
+
+/// A container.
+pub struct Container {
+    spec: Spec,
+    cgroup: Option<Cgroup>,
+    init: Arc<ProcessEntry>,
+    state: Mutex<State>,
+    execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
+}
+
+/// Where things are.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The directory holding every container's bundle (the virtio-fs share in the guest).
+    pub share: PathBuf,
+    /// The cgroup v2 directory for container cgroups (`None`: no cgroups).
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// All containers of the sandbox.
+pub struct Runtime {
+    config: RuntimeConfig,
+    reaper: Reaper,
+    cgroups: Option<CgroupRoot>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids being created (reserved so two creates cannot race).
+    creating: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn signal_from(n: u32) -> Result<Signal> {
+    i32::try_from(n)
+        .ok()
+        .and_then(|n| Signal::try_from(n).ok())
+        .ok_or_else(|| Error::InvalidArgument(format!("signal {n}")))
+}
+
+impl Runtime {
+    /// A runtime with no containers.
+    pub fn new(config: RuntimeConfig, reaper: Reaper) -> Self {
+        let cgroups = config.cgroup_root.as_deref().and_then(CgroupRoot::open);
+        if cgroups.is_none() {
+            tracing::warn!(
+                "no cgroup v2 at {:?}: containers run without cgroups",
+                config.cgroup_root
+            );
+        }
+        Runtime {
+            config,
+            reaper,
+            cgroups,
+            containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The share directory.
+    pub fn share(&self) -> &PathBuf {
+        &self.config.share
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>> {
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<ProcessEntry>)> {
+        let c = self.get(id)?;
+        if exec_id.is_empty() {
+            let init = c.init.clone();
+            return Ok((c, init));
+        }
+        let p = lock(&c.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::ProcessNotFound {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            })?;
+        Ok((c, p))
+    }
+
+    /// Creates a container; its init process waits for [`Runtime::start`].
+    pub fn create(&self, id: &str, spec_json: &[u8]) -> Result<u32> {
+        spec::check_id("container id", id)?;
+        {
+            let containers = lock(&self.containers);
+            let mut creating = lock(&self.creating);
+            if containers.contains_key(id) || !creating.insert(id.to_string()) {
+                return Err(Error::AlreadyExists(id.to_string()));
+            }
+        }
+        let result = self.create_reserved(id, spec_json);
+        lock(&self.creating).remove(id);
+        result
+    }
+
+    fn create_reserved(&self, id: &str, spec_json: &[u8]) -> Result<u32> {
+        let spec = spec::load(&self.config.share, id, spec_json)?;
+        let rootfs = spec::resolve_rootfs(&self.config.share, id, &spec)?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let cgroup = match &self.cgroups {
+            Some(root) => Some(root.create(id)?),
+            None => None,
+        };
+        let result = (|| {
+            if let (Some(cg), Some(res)) = (
+                &cgroup,
+                spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
+            ) {
+                cg.apply(res)?;
+            }
+            let hostname = spec
+                .hostname()
+                .clone()
+                .filter(|_| spec::new_namespace(&spec, LinuxNamespaceType::Uts));
+            let cfg = LaunchConfig {
+                mode: LaunchMode::Create {
+                    spec: Box::new(spec.clone()),
+                    rootfs,
+                },
+                cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),
+                hostname,
+            };
+            let (io, child) = ProcessIo::new(terminal)?;
+            let launched = launch::launch(&cfg, child, &self.reaper)?;
+            Ok((io, launched))
+        })();
+        let (io, launched) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(cg) = &cgroup {
+                    let _ = cg.remove(KILL_WAIT);
+                }
+                return Err(e);
+            }
+        };
+        let pid = launched.pid;
+        let container = Container {
+            spec,
+            cgroup,
+            init: Arc::new(ProcessEntry { pid, io }),
+            state: Mutex::new(State::Created(launched.start)),
+            execs: Mutex::new(HashMap::new()),
+        };
+        lock(&self.containers).insert(id.to_string(), Arc::new(container));
+        tracing::info!(id, pid, "container created");
+        Ok(u32::try_from(pid).unwrap_or(0))
+    }
+
+    /// Lets the init process exec the container's program.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let c = self.get(id)?;
+        let mut state = lock(&c.state);
+        if self.reaper.status(c.init.pid).is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} has exited"
+            )));
+        }
+        match std::mem::replace(&mut *state, State::Running) {
+            State::Created(mut start) => start
+                .write_all(&[1])
+                .map_err(|e| Error::io("start container", e)),
+            State::Running => Err(Error::FailedPrecondition(format!(
+                "container {id} is already started"
+            ))),
+        }
+    }
+
+    /// Runs an extra process inside a started, living container.
+    pub fn exec(&self, id: &str, exec_id: &str, process_json: &[u8]) -> Result<u32> {
+        spec::check_id("exec id", exec_id)?;
+        let c = self.get(id)?;
+        if !matches!(*lock(&c.state), State::Running) || self.reaper.status(c.init.pid).is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        let process: OciProcess = serde_json::from_slice(process_json)
+            .map_err(|e| Error::InvalidArgument(format!("process: {e}")))?;
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(Error::InvalidArgument("process has no args".into()));
+        }
+        let mut execs = lock(&c.execs);
+        if execs.contains_key(exec_id) {
+            return Err(Error::AlreadyExists(exec_id.to_string()));
+        }
+        let cfg = LaunchConfig {
+            mode: LaunchMode::Exec {
+                init_pid: c.init.pid,
+                process: Box::new(process.clone()),
+                seccomp: c.spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+            },
+            cgroup: c.cgroup.as_ref().map(|c| c.dir().to_path_buf()),
+            hostname: None,
+        };
+        let (io, child) = ProcessIo::new(process.terminal() == Some(true))?;
+        let mut launched = launch::launch(&cfg, child, &self.reaper)?;
+        launched
+            .start
+            .write_all(&[1])
+            .map_err(|e| Error::io("start exec", e))?;
+        let pid = launched.pid;
+        execs.insert(exec_id.to_string(), Arc::new(ProcessEntry { pid, io }));
+        Ok(u32::try_from(pid).unwrap_or(0))
+    }
+
+    /// Sends a signal to one process, or to all processes of the container.
+    pub fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let sig = signal_from(signal)?;
+        let (c, p) = self.process(id, exec_id)?;
+        if all {
+            if let Some(cg) = &c.cgroup {
+                for pid in cg.procs()? {
+                    if let Ok(pid) = i32::try_from(pid) {
+                        let _ = kill(Pid::from_raw(pid), sig);
+                    }
+                }
+                return Ok(());
+            }
+        }
+        if self.reaper.status(p.pid).is_some() {
+            return Err(Error::FailedPrecondition("process has exited".into()));
+        }
+        kill(Pid::from_raw(p.pid), sig).map_err(|e| Error::errno("kill", e))
+    }
+
+    /// Waits for a process to exit; returns (exit status, pid).
+    pub fn wait(&self, id: &str, exec_id: &str, timeout: Option<Duration>) -> Result<(i32, i32)> {
+        let (_c, p) = self.process(id, exec_id)?;
+        match self.reaper.wait(p.pid, timeout) {
+            Some(code) => Ok((code, p.pid)),
+            None => Err(Error::Timeout(format!("wait for pid {}", p.pid))),
+        }
+    }
+
+    /// The streams of a process.
+    pub fn io(&self, id: &str, exec_id: &str) -> Result<Arc<ProcessEntry>> {
+        self.process(id, exec_id).map(|(_, p)| p)
+    }
+
+    fn cgroup(&self, id: &str) -> Result<(Arc<Container>, Cgroup)> {
+        let c = self.get(id)?;
+        let cg = c
+            .cgroup
+            .clone()
+            .ok_or_else(|| Error::Unavailable("no cgroup v2 in this sandbox".into()))?;
+        Ok((c, cg))
+    }
+
+    /// Cgroup statistics.
+    pub fn stats(&self, id: &str) -> Result<ContainerStatsResponse> {
+        self.cgroup(id).map(|(_, cg)| cg.stats())
+    }
+
+    /// Freezes or thaws the container.
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
+        self.cgroup(id)?.1.freeze(frozen)
+    }
+
+    /// Applies new resources.
+    pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
+        let res: LinuxResources = serde_json::from_slice(resources_json)
+            .map_err(|e| Error::InvalidArgument(format!("resources: {e}")))?;
+        self.cgroup(id)?.1.apply(&res)
+    }
+
+    /// Pids of the container's processes.
+    pub fn list(&self, id: &str) -> Result<Vec<u32>> {
+        match self.cgroup(id) {
+            Ok((_, cg)) => cg.procs(),
+            Err(Error::Unavailable(_)) => {
+                let c = self.get(id)?;
+                let mut pids = vec![c.init.pid];
+                pids.extend(lock(&c.execs).values().map(|p| p.pid));
+                Ok(pids
+                    .into_iter()
+                    .filter(|p| self.reaper.status(*p).is_none())
+                    .filter_map(|p| u32::try_from(p).ok())
+                    .collect())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Kills whatever is left of the container and forgets it.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let c = lock(&self.containers)
+            .remove(id)
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
+        // Dropping the start pipe makes a never-started init exit on its own.
+        *lock(&c.state) = State::Running;
+        if let Some(cg) = &c.cgroup {
+            let _ = cg.kill_all();
+        }
+        let mut pids = vec![c.init.pid];
+        pids.extend(lock(&c.execs).values().map(|p| p.pid));
+        for pid in &pids {
+            if self.reaper.status(*pid).is_none() {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+        for pid in &pids {
+            if self.reaper.wait(*pid, Some(KILL_WAIT)).is_none() {
+                tracing::warn!(id, pid, "process did not die");
+            }
+            self.reaper.forget(*pid);
+        }
+        if let Some(cg) = &c.cgroup {
+            cg.remove(KILL_WAIT)?;
+        }
+        tracing::info!(id, "container removed");
+        Ok(())
+    }
+
+    /// Removes every container.
+    pub fn remove_all(&self) {
+        let ids: Vec<String> = lock(&self.containers).keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.remove(&id) {
+                tracing::warn!(id, "remove: {e}");
+            }
+        }
+    }
+}

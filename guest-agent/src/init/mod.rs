@@ -1,0 +1,178 @@
+//! PID 1 duties in the guest: the root switch, the basic mounts, the console, the
+//! hostname, and powering off (the VM uses `reboot=k`, so a reboot resets it and the VMM
+//! exits). Orphans are reaped by [`crate::reaper`].
+
+pub mod switch_root;
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+
+/// Errors of init duties; fatal in PID 1.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// A system call failed.
+    #[error("{0}: {1}")]
+    Sys(String, Errno),
+    /// A file operation failed.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// Hostname until the sandbox sets one.
+pub const DEFAULT_HOSTNAME: &str = "husk";
+
+/// One filesystem the guest needs: (source, target, type, flags, data).
+type MountEntry = (
+    &'static str,
+    &'static str,
+    &'static str,
+    MsFlags,
+    Option<&'static str>,
+);
+
+fn base_mounts() -> [MountEntry; 7] {
+    let nosuid_noexec_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    [
+        ("proc", "/proc", "proc", nosuid_noexec_nodev, None),
+        ("sysfs", "/sys", "sysfs", nosuid_noexec_nodev, None),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=0620,ptmxmode=0666"),
+        ),
+        (
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid_noexec_nodev,
+            None,
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+    ]
+}
+
+fn mount_base() -> Result<(), InitError> {
+    for (src, target, fstype, flags, data) in base_mounts() {
+        fs::create_dir_all(target).map_err(|e| InitError::Io(format!("mkdir {target}"), e))?;
+        match mount(Some(src), target, Some(fstype), flags, data) {
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(e) => return Err(InitError::Sys(format!("mount {fstype} on {target}"), e)),
+        }
+    }
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    Ok(())
+}
+
+/// Points fds 0-2 at /dev/console (the kernel leaves them closed when the initramfs has
+/// no /dev/console).
+fn attach_console() {
+    if let Ok(console) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which this process owns.
+            unsafe { libc::dup2(console.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Writes a line on the console and resets the VM. Never returns.
+pub fn power_off(message: &str) -> ! {
+    eprintln!("husk-agent: {message}");
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // reboot only returns on error; there is nothing left to do but wait.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Makes a panic anywhere power the VM off with its message instead of leaving a guest
+/// without an agent.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        power_off(&format!("fatal: {info}"));
+    }));
+}
+
+/// Everything PID 1 does before serving. When `/` is still the initramfs it moves the root
+/// to a tmpfs and re-execs itself from there (so this runs twice; the second time the
+/// root is already moved).
+pub fn setup() -> Result<(), InitError> {
+    fs::create_dir_all("/proc").map_err(|e| InitError::Io("mkdir /proc".into(), e))?;
+    match mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::empty(),
+        None::<&str>,
+    ) {
+        Ok(()) | Err(Errno::EBUSY) => {}
+        Err(e) => return Err(InitError::Sys("mount /proc".into(), e)),
+    }
+    if switch_root::root_is_initramfs() {
+        let exe = fs::read_link("/proc/self/exe")
+            .map_err(|e| InitError::Io("readlink /proc/self/exe".into(), e))?;
+        nix::mount::umount("/proc").map_err(|e| InitError::Sys("umount /proc".into(), e))?;
+        switch_root::move_root_to_tmpfs()?;
+        let exe = CString::new(exe.as_os_str().as_encoded_bytes())
+            .map_err(|_| InitError::Sys("exe path".into(), Errno::EINVAL))?;
+        let args: Vec<CString> = std::env::args_os()
+            .filter_map(|a| CString::new(a.as_encoded_bytes()).ok())
+            .collect();
+        let env: Vec<CString> = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_encoded_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_encoded_bytes());
+                CString::new(kv).ok()
+            })
+            .collect();
+        let err = nix::unistd::execve(&exe, &args, &env);
+        return Err(InitError::Sys(
+            "re-exec from the new root".into(),
+            err.err().unwrap_or(Errno::EINVAL),
+        ));
+    }
+    mount_base()?;
+    attach_console();
+    nix::unistd::sethostname(DEFAULT_HOSTNAME)
+        .map_err(|e| InitError::Sys("sethostname".into(), e))?;
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        let controllers =
+            fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+        for c in controllers.split_whitespace() {
+            let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", format!("+{c}"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The ttrpc service: decodes requests, calls the [`Runtime`], encodes answers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use husk_protocol::agent::*;
+use husk_protocol::agent_ttrpc::Agent;
+use husk_protocol::{MAX_STREAM_CHUNK, PROTOCOL_VERSION};
+use ttrpc::TtrpcContext;
+
+use crate::container::Runtime;
+use crate::error::Error;
+use crate::sandbox;
+
+/// What the agent does when told to destroy the sandbox.
+pub trait PowerOff: Send + Sync {
+    /// Called after the reply to `DestroySandbox` has been sent (from another thread).
+    fn power_off(&self);
+}
+
+/// Whether the agent is the guest's init (sandbox settings apply) or runs on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 in a guest.
+    Guest,
+    /// A normal process on a host (tests).
+    Host,
+}
+
+/// The ttrpc service.
+pub struct Service {
+    runtime: Arc<Runtime>,
+    mode: Mode,
+    power: Arc<dyn PowerOff>,
+    started: Instant,
+    first_health: AtomicBool,
+}
+
+type R<T> = ttrpc::Result<T>;
+
+fn stream_chunk(max: u32) -> usize {
+    if max == 0 || max > MAX_STREAM_CHUNK {
+        MAX_STREAM_CHUNK as usize
+    } else {
+        max as usize
+    }
+}
+
+fn timeout_of(ctx: &TtrpcContext) -> Option<Duration> {
+    (ctx.timeout_nano > 0).then(|| Duration::from_nanos(ctx.timeout_nano as u64))
+}
+
+impl Service {
+    /// A service over `runtime`; `started` is when the agent process began.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        mode: Mode,
+        power: Arc<dyn PowerOff>,
+        started: Instant,
+    ) -> Self {
+        Service {
+            runtime,
+            mode,
+            power,
+            started,
+            first_health: AtomicBool::new(true),
+        }
+    }
+}
+
+fn stream_response(r: crate::error::Result<Option<Vec<u8>>>) -> R<ReadStreamResponse> {
+    let data = r?;
+    Ok(ReadStreamResponse {
+        eof: data.is_none(),
+        data: data.unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+impl Agent for Service {
+    fn health(&self, _ctx: &TtrpcContext, _req: HealthRequest) -> R<HealthResponse> {
+        if self.first_health.swap(false, Ordering::Relaxed) {
+            let ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            // Measured figure: agent start to first health answer.
+            println!("husk-agent: first health check answered {ms:.1} ms after start");
+        }
+        Ok(HealthResponse {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            ..Default::default()
+        })
+    }
+
+    fn create_sandbox(&self, _ctx: &TtrpcContext, req: CreateSandboxRequest) -> R<Empty> {
+        if self.mode == Mode::Guest {
+            sandbox::apply(&req, self.runtime.share())?;
+        }
+        Ok(Empty::default())
+    }
+
+    fn destroy_sandbox(&self, _ctx: &TtrpcContext, _req: DestroySandboxRequest) -> R<Empty> {
+        self.runtime.remove_all();
+        let power = self.power.clone();
+        // Answer first, then power off.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            power.power_off();
+        });
+        Ok(Empty::default())
+    }
+
+    fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> R<CreateContainerResponse> {
+        let pid = self.runtime.create(&req.container_id, &req.spec_json)?;
+        Ok(CreateContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> R<Empty> {
+        self.runtime.start(&req.container_id)?;
+        Ok(Empty::default())
+    }
+
+    fn remove_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> R<Empty> {
+        self.runtime.remove(&req.container_id)?;
+        Ok(Empty::default())
+    }
+
+    fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> R<ExecProcessResponse> {
+        let pid = self
+            .runtime
+            .exec(&req.container_id, &req.exec_id, &req.process_json)?;
+        Ok(ExecProcessResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> R<Empty> {
+        self.runtime
+            .signal(&req.container_id, &req.exec_id, req.signal, req.all)?;
+        Ok(Empty::default())
+    }
+
+    fn wait_process(&self, ctx: &TtrpcContext, req: ProcessRequest) -> R<WaitProcessResponse> {
+        let (code, pid) = self
+            .runtime
+            .wait(&req.container_id, &req.exec_id, timeout_of(ctx))?;
+        Ok(WaitProcessResponse {
+            exit_status: code,
+            pid: u32::try_from(pid).unwrap_or(0),
+            ..Default::default()
+        })
+    }
+
+    fn write_stdin(&self, _ctx: &TtrpcContext, req: WriteStdinRequest) -> R<WriteStdinResponse> {
+        let p = self.runtime.io(&req.container_id, &req.exec_id)?;
+        let n = p.io.write_stdin(&req.data)?;
+        Ok(WriteStdinResponse {
+            written: u32::try_from(n).unwrap_or(u32::MAX),
+            ..Default::default()
+        })
+    }
+
+    fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> R<Empty> {
+        self.runtime
+            .io(&req.container_id, &req.exec_id)?
+            .io
+            .close_stdin()?;
+        Ok(Empty::default())
+    }
+
+    fn read_stdout(&self, _ctx: &TtrpcContext, req: ReadStreamRequest) -> R<ReadStreamResponse> {
+        let p = self.runtime.io(&req.container_id, &req.exec_id)?;
+        stream_response(p.io.read_stdout(stream_chunk(req.max_bytes)))
+    }
+
+    fn read_stderr(&self, _ctx: &TtrpcContext, req: ReadStreamRequest) -> R<ReadStreamResponse> {
+        let p = self.runtime.io(&req.container_id, &req.exec_id)?;
+        stream_response(p.io.read_stderr(stream_chunk(req.max_bytes)))
+    }
+
+    fn resize_terminal(&self, _ctx: &TtrpcContext, req: ResizeTerminalRequest) -> R<Empty> {
+        let rows = u16::try_from(req.rows).map_err(|_| Error::InvalidArgument("rows".into()))?;
+        let cols = u16::try_from(req.cols).map_err(|_| Error::InvalidArgument("cols".into()))?;
+        self.runtime
+            .io(&req.container_id, &req.exec_id)?
+            .io
+            .resize(rows, cols)?;
+        Ok(Empty::default())
+    }
+
+    fn container_stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> R<ContainerStatsResponse> {
+        Ok(self.runtime.stats(&req.container_id)?)
+    }
+
+    fn pause_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> R<Empty> {
+        self.runtime.freeze(&req.container_id, true)?;
+        Ok(Empty::default())
+    }
+
+    fn resume_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> R<Empty> {
+        self.runtime.freeze(&req.container_id, false)?;
+        Ok(Empty::default())
+    }
+
+    fn update_container(&self, _ctx: &TtrpcContext, req: UpdateContainerRequest) -> R<Empty> {
+        self.runtime
+            .update(&req.container_id, &req.resources_json)?;
+        Ok(Empty::default())
+    }
+
+    fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> R<ListProcessesResponse> {
+        Ok(ListProcessesResponse {
+            pids: self.runtime.list(&req.container_id)?,
+            ..Default::default()
+        })
+    }
+}
