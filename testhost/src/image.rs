@@ -1,0 +1,239 @@
+//! The test host's initramfs: busybox, the KVM modules, an init script, the
+//! caller's files (with their shared libraries) and the command to run.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use husk_rootfs::initramfs::{self, Compression, Initramfs};
+
+use crate::closure;
+use crate::host_kernel::HostKernel;
+
+/// Line the init script prints with the command's exit status.
+pub const EXIT_MARKER: &str = "HUSK-TESTHOST-EXIT=";
+/// Exit status the init script reports when KVM could not be set up.
+pub const KVM_SETUP_FAILED: i32 = 125;
+/// Where the modules go inside the test host.
+const MODULE_DIR: &str = "lib/husk-testhost";
+
+/// Errors of building the image.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing or reading an entry failed.
+    #[error(transparent)]
+    Initramfs(#[from] initramfs::Error),
+    /// A file's library closure could not be resolved.
+    #[error(transparent)]
+    Closure(#[from] closure::Error),
+    /// busybox is missing.
+    #[error("{0} is missing: apt-get install busybox-static")]
+    NoBusybox(PathBuf),
+}
+
+/// A file copied from this host into the test host.
+#[derive(Debug, Clone)]
+pub struct HostFile {
+    /// The file on this host.
+    pub source: PathBuf,
+    /// Its absolute path inside the test host.
+    pub target: String,
+    /// Also copy the shared libraries it loads (for dynamic executables).
+    pub with_libraries: bool,
+}
+
+impl HostFile {
+    /// A file placed at `target` as it is.
+    pub fn new(source: impl Into<PathBuf>, target: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            target: target.into(),
+            with_libraries: false,
+        }
+    }
+
+    /// An executable placed at `target` together with its shared libraries.
+    pub fn executable(source: impl Into<PathBuf>, target: impl Into<String>) -> Self {
+        Self {
+            with_libraries: true,
+            ..Self::new(source, target)
+        }
+    }
+}
+
+/// What goes into one test host run.
+#[derive(Debug, Clone, Default)]
+pub struct TestHostImage {
+    /// Files to copy in.
+    pub files: Vec<HostFile>,
+    /// Environment of the command.
+    pub env: Vec<(String, String)>,
+    /// The shell command (run by busybox `sh -c`).
+    pub command: String,
+}
+
+/// The init script: mounts, loads KVM, runs the command, reports its status
+/// and resets the machine (QEMU runs with `-no-reboot`, so a reset ends it).
+fn init_script(modules: &[String]) -> String {
+    let insmods: String = modules
+        .iter()
+        .map(|m| format!("insmod /{MODULE_DIR}/{m} || fail \"cannot load {m}\"\n"))
+        .collect();
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+fail() {{
+    echo "husk-testhost: FATAL: $*"
+    echo "{EXIT_MARKER}{KVM_SETUP_FAILED}"
+    reboot -f
+}}
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm /sys/fs/cgroup /run /tmp /root
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+hostname husk-testhost
+ip link set lo up 2>/dev/null
+{insmods}[ -c /dev/kvm ] || fail "/dev/kvm did not appear after loading kvm-amd"
+grep -q '^kvm_amd ' /proc/modules || fail "kvm_amd is not loaded"
+. /husk-testhost/env
+cd /root
+sh -c "$(cat /husk-testhost/command)"
+echo "{EXIT_MARKER}$?"
+sync
+reboot -f
+"#
+    )
+}
+
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+impl TestHostImage {
+    /// Builds the initramfs for this run.
+    pub fn build(&self, kernel: &HostKernel, busybox: &Path) -> Result<Initramfs, Error> {
+        if !busybox.is_file() {
+            return Err(Error::NoBusybox(busybox.to_path_buf()));
+        }
+        let mut fs = Initramfs::new();
+        for dir in [
+            "proc", "sys", "dev", "run", "tmp", "root", "etc", "usr/bin", "sbin",
+        ] {
+            fs.dir(dir, 0o755)?;
+        }
+        fs.char_dev("dev/console", 5, 1, 0o600)?;
+        fs.host_file("bin/busybox", busybox, 0o755)?;
+        fs.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
+        fs.file("etc/group", "root:x:0:\n", 0o644)?;
+        let mut names = Vec::new();
+        for module in &kernel.modules {
+            let name = module
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            fs.host_file(&format!("{MODULE_DIR}/{name}"), module, 0o644)?;
+            names.push(name);
+        }
+        fs.file("init", init_script(&names), 0o755)?;
+        let env: String = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
+            .collect();
+        fs.file("husk-testhost/env", env, 0o644)?;
+        fs.file("husk-testhost/command", self.command.clone(), 0o644)?;
+
+        let mut libraries = BTreeSet::new();
+        for file in &self.files {
+            let perm = std::fs::metadata(&file.source)
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+                .unwrap_or(0o644);
+            fs.host_file(&file.target, &file.source, perm)?;
+            if file.with_libraries {
+                libraries.extend(closure::libraries(&file.source)?);
+            }
+        }
+        for lib in libraries {
+            // Resolve symlinks: the archive holds the contents under the
+            // name the loader asks for.
+            fs.host_file(&lib.to_string_lossy(), &lib, 0o755)?;
+        }
+        Ok(fs)
+    }
+
+    /// Builds the image and writes it, uncompressed (fastest for TCG to
+    /// unpack), to `out`.
+    pub fn write(&self, kernel: &HostKernel, busybox: &Path, out: &Path) -> Result<(), Error> {
+        Ok(self
+            .build(kernel, busybox)?
+            .write_file(out, Compression::None)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_rootfs::initramfs::{mode, read_newc};
+
+    #[test]
+    fn image_holds_init_modules_files_and_libraries() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("kvm.ko");
+        std::fs::write(&module, b"module").unwrap();
+        let kernel = HostKernel {
+            vmlinux: dir.path().join("vmlinux"),
+            modules: vec![module],
+        };
+        let image = TestHostImage {
+            files: vec![
+                HostFile::executable("/bin/ls", "/usr/bin/ls"),
+                HostFile::new("/bin/busybox", "/opt/bb"),
+            ],
+            env: vec![("GREETING".into(), "it's".into())],
+            command: "ls /".into(),
+        };
+        let out = dir.path().join("img.cpio");
+        image
+            .write(&kernel, Path::new("/bin/busybox"), &out)
+            .unwrap();
+        let entries = read_newc(&std::fs::read(&out).unwrap()).unwrap();
+        let find = |p: &str| entries.iter().find(|e| e.path == p);
+        let init = find("init").expect("init");
+        assert_eq!(init.mode, mode::FILE | 0o755);
+        let script = String::from_utf8_lossy(&init.data);
+        assert!(
+            script.contains("insmod /lib/husk-testhost/kvm.ko"),
+            "{script}"
+        );
+        assert!(find("lib/husk-testhost/kvm.ko").is_some());
+        assert!(find("usr/bin/ls").is_some());
+        assert!(find("opt/bb").is_some());
+        assert!(
+            entries.iter().any(|e| e.path.contains("libc.so")),
+            "libc of /bin/ls is included"
+        );
+        let env = String::from_utf8_lossy(&find("husk-testhost/env").unwrap().data).into_owned();
+        assert_eq!(env, "export GREETING='it'\\''s'\n");
+        assert_eq!(find("husk-testhost/command").unwrap().data, b"ls /");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let kernel = HostKernel {
+            vmlinux: PathBuf::from("/x"),
+            modules: vec![],
+        };
+        let image = TestHostImage {
+            files: vec![HostFile::new("/nonexistent/file", "/f")],
+            ..Default::default()
+        };
+        let err = image.build(&kernel, Path::new("/bin/busybox")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/file"), "{err}");
+    }
+}
