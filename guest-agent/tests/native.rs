@@ -3,10 +3,17 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{spec, Agent};
 use husk_protocol::{AgentApi, ErrorKind};
+use serde_json::json;
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(30));
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
 
 #[test]
 fn exit_code_and_output() {
@@ -14,5 +21,472 @@ fn exit_code_and_output() {
     let (code, out, err) = agent.run_to_end("exit", &spec(&["sh", "-c", "echo hello; exit 3"]));
     assert_eq!(code, 3);
     assert_eq!(out, b"hello\n");
-    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+    assert!(err.is_empty(), "{}", text(&err));
+}
+
+#[test]
+fn stderr_is_apart_from_stdout() {
+    let agent = Agent::start();
+    let (code, out, err) = agent.run_to_end(
+        "streams",
+        &spec(&["sh", "-c", "echo out; echo err >&2; echo out2"]),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(text(&out), "out\nout2\n");
+    assert_eq!(text(&err), "err\n");
+}
+
+#[test]
+fn env_and_cwd() {
+    let agent = Agent::start();
+    let mut s = spec(&["sh", "-c", "echo $FOO; pwd"]);
+    s["process"]["env"] = json!(["PATH=/bin", "FOO=bar baz"]);
+    s["process"]["cwd"] = json!("/tmp");
+    let (code, out, _) = agent.run_to_end("envcwd", &s);
+    assert_eq!(code, 0);
+    assert_eq!(text(&out), "bar baz\n/tmp\n");
+}
+
+#[test]
+fn uid_gid_and_additional_groups() {
+    let agent = Agent::start();
+    let mut s = spec(&["sh", "-c", "id -u; id -g; id -G"]);
+    s["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [2000, 2001]});
+    let (code, out, err) = agent.run_to_end("ids", &s);
+    assert_eq!(code, 0, "{}", text(&err));
+    let out = text(&out);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1000");
+    assert_eq!(lines[1], "1001");
+    let groups: Vec<&str> = lines[2].split_whitespace().collect();
+    assert!(
+        groups.contains(&"2000") && groups.contains(&"2001"),
+        "{out}"
+    );
+}
+
+#[test]
+fn sigterm_and_sigkill() {
+    let agent = Agent::start();
+    // PID 1 of a pid namespace only gets signals it handles: trap TERM.
+    agent.run(
+        "term",
+        &spec(&[
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+        ]),
+    );
+    let ready = agent.client.read_stdout("term", "", 0).expect("read");
+    assert_eq!(ready.as_deref(), Some(&b"ready\n"[..]));
+    agent
+        .client
+        .signal_process("term", "", 15, false)
+        .expect("SIGTERM");
+    let st = agent.client.wait_process("term", "", WAIT).expect("wait");
+    assert_eq!(st.exit_status, 7);
+    agent.client.remove_container("term").expect("remove");
+
+    agent.run("kill", &spec(&["sleep", "1000"]));
+    agent
+        .client
+        .signal_process("kill", "", 9, false)
+        .expect("SIGKILL");
+    let st = agent.client.wait_process("kill", "", WAIT).expect("wait");
+    assert_eq!(st.exit_status, 128 + 9);
+    agent.client.remove_container("kill").expect("remove");
+}
+
+#[test]
+fn stdin_to_stdout_one_mib_byte_exact() {
+    let agent = Agent::start();
+    agent.run("cat", &spec(&["cat"]));
+    let mut data = vec![0u8; 1 << 20];
+    let mut x: u32 = 12345;
+    for b in data.iter_mut() {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        *b = (x >> 16) as u8;
+    }
+    let received = std::thread::scope(|s| {
+        let reader = s.spawn(|| common::read_all(&agent.client, "cat", "", false));
+        let mut off = 0;
+        while off < data.len() {
+            let end = (off + 100_000).min(data.len());
+            off += agent
+                .client
+                .write_stdin("cat", "", &data[off..end])
+                .expect("write stdin");
+        }
+        agent.client.close_stdin("cat", "").expect("close stdin");
+        reader.join().expect("reader")
+    });
+    assert_eq!(received.len(), data.len());
+    assert!(received == data, "bytes differ");
+    let st = agent.client.wait_process("cat", "", WAIT).expect("wait");
+    assert_eq!(st.exit_status, 0);
+    agent.client.remove_container("cat").expect("remove");
+}
+
+#[test]
+fn output_written_right_before_exit_is_not_lost() {
+    let agent = Agent::start();
+    // Less than a pipe holds, so the process exits before anybody reads.
+    agent.run(
+        "burst",
+        &spec(&["sh", "-c", "head -c 60000 /dev/zero; echo tail >&2; exit 4"]),
+    );
+    let st = agent.client.wait_process("burst", "", WAIT).expect("wait");
+    assert_eq!(st.exit_status, 4);
+    let (out, err) = agent.drain("burst", "");
+    assert_eq!(out.len(), 60_000);
+    assert_eq!(text(&err), "tail\n");
+    agent.client.remove_container("burst").expect("remove");
+
+    // More than a pipe holds: read while it runs, all of it arrives.
+    agent.run(
+        "big",
+        &spec(&["sh", "-c", "head -c 3000000 /dev/zero; exit 2"]),
+    );
+    let (out, _) = agent.drain("big", "");
+    assert_eq!(out.len(), 3_000_000);
+    let st = agent.client.wait_process("big", "", WAIT).expect("wait");
+    assert_eq!(st.exit_status, 2);
+    agent.client.remove_container("big").expect("remove");
+}
+
+#[test]
+fn terminal_process_with_resize() {
+    let agent = Agent::start();
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "test -t 0 && echo is-a-tty; stty size; read x; stty size",
+    ]);
+    s["process"]["terminal"] = json!(true);
+    s["process"]["consoleSize"] = json!({"height": 24, "width": 80});
+    agent.run("tty", &s);
+    let mut out = Vec::new();
+    while !text(&out).contains("24 80") {
+        let chunk = agent.client.read_stdout("tty", "", 0).expect("read");
+        out.extend(chunk.expect("no EOF yet"));
+    }
+    assert!(text(&out).contains("is-a-tty"), "{}", text(&out));
+    assert!(agent
+        .client
+        .read_stderr("tty", "", 0)
+        .expect("stderr")
+        .is_none());
+    agent
+        .client
+        .resize_terminal("tty", "", 30, 100)
+        .expect("resize");
+    agent.client.write_stdin("tty", "", b"go\n").expect("stdin");
+    out.extend(common::read_all(&agent.client, "tty", "", false));
+    assert!(text(&out).contains("30 100"), "{}", text(&out));
+    let st = agent.client.wait_process("tty", "", WAIT).expect("wait");
+    assert_eq!(st.exit_status, 0);
+    agent.client.remove_container("tty").expect("remove");
+}
+
+#[test]
+fn exec_into_running_container() {
+    let agent = Agent::start();
+    let init = agent.run("exec", &spec(&["sleep", "1000"]));
+    let process = json!({
+        "args": ["sh", "-c", "hostname; cat /marker; echo $$; echo bad >&2; exit 9"],
+        "env": ["PATH=/bin"],
+        "cwd": "/tmp",
+        "user": {"uid": 0, "gid": 0}
+    });
+    let pid = agent
+        .client
+        .exec_process("exec", "e1", process.to_string().as_bytes())
+        .expect("exec");
+    assert_ne!(pid, init);
+    let (out, err) = agent.drain("exec", "e1");
+    let st = agent
+        .client
+        .wait_process("exec", "e1", WAIT)
+        .expect("wait exec");
+    assert_eq!(st.exit_status, 9);
+    let out = text(&out);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "husky", "the container's hostname");
+    assert_eq!(lines[1], "from the rootfs");
+    assert_ne!(lines[2], "1", "not the container's PID 1");
+    assert_eq!(text(&err), "bad\n");
+    // The same exec id twice is refused; the container still runs.
+    let again = agent
+        .client
+        .exec_process("exec", "e1", process.to_string().as_bytes())
+        .expect_err("duplicate exec id");
+    assert_eq!(again.kind(), Some(ErrorKind::AlreadyExists));
+    assert_eq!(
+        agent
+            .client
+            .list_processes("exec")
+            .map(|p| p.is_empty())
+            .ok(),
+        Some(false)
+    );
+    agent.client.remove_container("exec").expect("remove");
+}
+
+fn usage(agent: &Agent, id: &str) -> u64 {
+    let stats = agent.client.container_stats(id).expect("stats");
+    stats.cpu.usage_usec
+}
+
+#[test]
+fn stats_move_and_pause_resume() {
+    let agent = Agent::start();
+    if agent.cgroup_root.is_none() {
+        eprintln!("no cgroup v2 on this host: skipped");
+        return;
+    }
+    agent.run("busy", &spec(&["sh", "-c", "while :; do :; done"]));
+    let before = usage(&agent, "busy");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = usage(&agent, "busy");
+    assert!(after > before + 50_000, "cpu usage {before} -> {after}");
+
+    agent.client.pause_container("busy").expect("pause");
+    let p1 = usage(&agent, "busy");
+    std::thread::sleep(Duration::from_millis(300));
+    let p2 = usage(&agent, "busy");
+    assert!(p2 - p1 < 10_000, "usage moved while paused: {p1} -> {p2}");
+    agent.client.resume_container("busy").expect("resume");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = usage(&agent, "busy");
+    assert!(
+        r > p2 + 50_000,
+        "usage did not move after resume: {p2} -> {r}"
+    );
+    agent.client.remove_container("busy").expect("remove");
+}
+
+#[test]
+fn readonly_root_refuses_a_write() {
+    let agent = Agent::start();
+    let mut s = spec(&["sh", "-c", "touch /newfile && echo wrote; touch /tmp/x"]);
+    s["root"]["readonly"] = json!(true);
+    let (code, out, err) = agent.run_to_end("ro", &s);
+    assert_ne!(code, 0);
+    assert!(out.is_empty());
+    assert!(
+        text(&err).contains("Read-only file system"),
+        "{}",
+        text(&err)
+    );
+}
+
+#[test]
+fn bind_mount_is_visible() {
+    let agent = Agent::start();
+    let data = agent.dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("hello"), "bound\n").expect("write");
+    let mut s = spec(&["sh", "-c", "cat /data/hello; touch /data/nope"]);
+    s["mounts"].as_array_mut().expect("mounts").push(json!({
+        "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "ro"]
+    }));
+    let (code, out, err) = agent.run_to_end("bind", &s);
+    assert_eq!(text(&out), "bound\n");
+    assert_ne!(code, 0, "a ro bind mount must refuse writes");
+    assert!(text(&err).contains("Read-only"), "{}", text(&err));
+}
+
+#[test]
+fn seccomp_profile_is_enforced() {
+    let agent = Agent::start();
+    let mut s = spec(&["sh", "-c", "mkdir /tmp/d && echo made"]);
+    s["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]
+    });
+    let (code, out, err) = agent.run_to_end("seccomp", &s);
+    assert_ne!(code, 0);
+    assert!(out.is_empty());
+    assert!(
+        text(&err).contains("Operation not permitted"),
+        "{}",
+        text(&err)
+    );
+}
+
+#[test]
+fn remove_leaves_no_process_mount_or_cgroup() {
+    let agent = Agent::start();
+    let marker = "husk-remove-marker-4711";
+    let init = agent.run(
+        "rm",
+        &spec(&["sh", "-c", &format!("sleep 1000; echo {marker}")]),
+    );
+    let process = json!({"args": ["sleep", "999"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    let exec = agent
+        .client
+        .exec_process("rm", "x", process.to_string().as_bytes())
+        .expect("exec");
+    let rootfs = agent.share.join("rm/rootfs");
+    agent.client.remove_container("rm").expect("remove");
+    for pid in [init, exec] {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} left"
+        );
+    }
+    assert!(common::processes_with(marker).is_empty());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(rootfs.to_str().expect("utf8")),
+        "mount left"
+    );
+    if let Some(cg) = &agent.cgroup_root {
+        assert!(!cg.join("rm").exists(), "cgroup left");
+    }
+    let err = agent.client.start_container("rm").expect_err("gone");
+    assert_eq!(err.kind(), Some(ErrorKind::NotFound));
+}
+
+#[test]
+fn bad_input_gives_typed_errors_and_leaves_nothing() {
+    let agent = Agent::start();
+    let kind = |r: Result<u32, husk_protocol::AgentError>| r.expect_err("must fail").kind();
+
+    assert_eq!(
+        agent
+            .client
+            .start_container("nope")
+            .expect_err("unknown")
+            .kind(),
+        Some(ErrorKind::NotFound)
+    );
+    assert_eq!(
+        agent
+            .client
+            .wait_process("nope", "", WAIT)
+            .expect_err("unknown")
+            .kind(),
+        Some(ErrorKind::NotFound)
+    );
+
+    agent.bundle("noproc");
+    let mut s = spec(&["true"]);
+    s.as_object_mut().expect("obj").remove("process");
+    assert_eq!(
+        kind(
+            agent
+                .client
+                .create_container("noproc", s.to_string().as_bytes())
+        ),
+        Some(ErrorKind::InvalidArgument)
+    );
+
+    agent.bundle("outside");
+    let elsewhere = common::make_rootfs(&agent.dir.path().join("elsewhere"));
+    let mut s = spec(&["true"]);
+    s["root"]["path"] = json!(elsewhere.join("rootfs"));
+    assert_eq!(
+        kind(
+            agent
+                .client
+                .create_container("outside", s.to_string().as_bytes())
+        ),
+        Some(ErrorKind::InvalidArgument)
+    );
+
+    agent.bundle("noexe");
+    assert_eq!(
+        kind(
+            agent
+                .client
+                .create_container("noexe", spec(&["no-such-binary"]).to_string().as_bytes())
+        ),
+        Some(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        kind(
+            agent
+                .client
+                .create_container("../x", spec(&["true"]).to_string().as_bytes())
+        ),
+        Some(ErrorKind::InvalidArgument)
+    );
+
+    agent.run("twice", &spec(&["sleep", "1000"]));
+    let again = agent
+        .client
+        .start_container("twice")
+        .expect_err("second start");
+    assert_eq!(again.kind(), Some(ErrorKind::FailedPrecondition));
+    assert_eq!(
+        kind(
+            agent
+                .client
+                .create_container("twice", spec(&["true"]).to_string().as_bytes())
+        ),
+        Some(ErrorKind::AlreadyExists)
+    );
+    agent.client.remove_container("twice").expect("remove");
+
+    // Nothing of the failed creates is left: no setup process, no cgroup.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        common::children_of(agent.pid()).is_empty(),
+        "processes left"
+    );
+    if let Some(cg) = &agent.cgroup_root {
+        let left: Vec<_> = std::fs::read_dir(cg)
+            .expect("cgroup root")
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "cgroups left: {left:?}");
+    }
+}
+
+#[test]
+fn created_container_can_be_removed_before_start() {
+    let agent = Agent::start();
+    agent.bundle("unstarted");
+    let pid = agent
+        .client
+        .create_container("unstarted", spec(&["sleep", "1000"]).to_string().as_bytes())
+        .expect("create");
+    agent.client.remove_container("unstarted").expect("remove");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn same_output_and_exit_code_as_runc() {
+    let agent = Agent::start();
+    let script = "echo hi; id -u; id -G; pwd; echo $FOO; hostname; \
+                  grep -E '^Cap(Eff|Bnd)' /proc/self/status; \
+                  grep NoNewPrivs /proc/self/status; ulimit -n; \
+                  ls /dev | sort; cat /marker; exit 5";
+    let mut s = spec(&["sh", "-c", script]);
+    s["process"]["env"] = json!(["PATH=/bin", "FOO=foo"]);
+    s["process"]["cwd"] = json!("/tmp");
+    s["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [3000]});
+    let started = Instant::now();
+    let (code, out, err) = agent.run_to_end("same", &s);
+    let husk_time = started.elapsed();
+    assert!(err.is_empty(), "{}", text(&err));
+    let bundle = common::make_rootfs(&agent.dir.path().join("runc-bundle"));
+    let started = Instant::now();
+    let Some((rcode, rout, rerr)) = common::runc_run(&bundle, "husk-cmp", &s) else {
+        eprintln!("runc not installed: compared nothing");
+        return;
+    };
+    let runc_time = started.elapsed();
+    eprintln!("husk-agent {husk_time:?}, runc {runc_time:?}");
+    assert_eq!(
+        text(&out),
+        text(&rout),
+        "stdout differs; runc stderr: {}",
+        text(&rerr)
+    );
+    assert_eq!(code, rcode);
 }

@@ -173,10 +173,10 @@ mod tests {
     use super::*;
 
     fn arg(index: usize, value: u64) -> LinuxSeccompArg {
-        let mut a = LinuxSeccompArg::default();
-        a.set_index(index);
-        a.set_value(value);
-        a
+        serde_json::from_value(serde_json::json!({
+            "index": index, "value": value, "op": "SCMP_CMP_EQ"
+        }))
+        .expect("arg")
     }
 
     #[test]

@@ -101,6 +101,35 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Pid of the agent process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Pids whose parent is `ppid`.
+pub fn children_of(ppid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(ppid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
