@@ -9,7 +9,7 @@ use crate::arch::layout::{CMDLINE_MAX_SIZE, IRQ_BASE, IRQ_MAX, MAX_VCPUS};
 
 /// Command line used when none is given.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 /// Largest virtio-fs tag (the config space field is 36 bytes).
 pub const FS_TAG_MAX: usize = 36;
 /// Smallest guest memory accepted.

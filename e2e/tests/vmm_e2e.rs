@@ -1,0 +1,532 @@
+//! End-to-end tests of `husk-vmm` with the real guest kernel and `husk-guest-probe` as
+//! /init. They need real KVM (run them with `cargo xtask e2e vmm`) and find their inputs
+//! through HUSK_KERNEL, HUSK_BIN_DIR (husk-vmm, husk-guest-probe, virtiofsd) and
+//! HUSK_WORK_DIR. Without HUSK_KERNEL they are skipped with a message.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use husk_rootfs::initramfs::{Compression, Initramfs};
+
+/// Nested guests are slow (TCG outer host): generous timeouts, one VM at a time.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Env {
+    kernel: PathBuf,
+    bin_dir: PathBuf,
+    work: PathBuf,
+}
+
+fn env() -> Option<(Env, MutexGuard<'static, ()>)> {
+    let kernel = std::env::var_os("HUSK_KERNEL")?;
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bin_dir = PathBuf::from(std::env::var_os("HUSK_BIN_DIR").expect("HUSK_BIN_DIR"));
+    let base = std::env::var_os("HUSK_WORK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let work = base.join(format!(
+        "vmm-e2e-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&work).unwrap();
+    Some((
+        Env {
+            kernel: kernel.into(),
+            bin_dir,
+            work,
+        },
+        guard,
+    ))
+}
+
+macro_rules! need_env {
+    () => {
+        match env() {
+            Some(e) => e,
+            None => {
+                eprintln!("skipping: HUSK_KERNEL not set (run with `cargo xtask e2e vmm`)");
+                return;
+            }
+        }
+    };
+}
+
+fn probe_initrd(env: &Env) -> PathBuf {
+    let path = env.work.join("probe-initrd.cpio");
+    if path.exists() {
+        return path;
+    }
+    let mut i = Initramfs::new();
+    i.dir("dev", 0o755)
+        .unwrap()
+        .dir("proc", 0o555)
+        .unwrap()
+        .dir("sys", 0o555)
+        .unwrap()
+        .dir("mnt", 0o755)
+        .unwrap()
+        .char_dev("dev/console", 5, 1, 0o600)
+        .unwrap()
+        .host_file("init", &env.bin_dir.join("husk-guest-probe"), 0o755)
+        .unwrap();
+    i.write_file(&path, Compression::None).unwrap();
+    path
+}
+
+struct VmOpts<'a> {
+    probe: &'a str,
+    vcpus: u8,
+    memory_mib: u64,
+    fs: Option<(&'a Path, &'a str)>,
+}
+
+impl Default for VmOpts<'_> {
+    fn default() -> Self {
+        Self {
+            probe: "info,reset",
+            vcpus: 1,
+            memory_mib: 128,
+            fs: None,
+        }
+    }
+}
+
+struct Vm {
+    child: Child,
+    started: Instant,
+    console: PathBuf,
+    vsock: PathBuf,
+    api: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Vm {
+    fn start(env: &Env, name: &str, opts: VmOpts) -> Vm {
+        let initrd = probe_initrd(env);
+        let dir = env.work.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let console = dir.join("console.log");
+        let vsock = dir.join("v.sock");
+        let api = dir.join("api.sock");
+        let cmdline = format!(
+            "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd probe={}",
+            opts.probe
+        );
+        let mut cmd = Command::new(env.bin_dir.join("husk-vmm"));
+        cmd.arg("--kernel")
+            .arg(&env.kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .arg("--cmdline")
+            .arg(&cmdline)
+            .arg("--vcpus")
+            .arg(opts.vcpus.to_string())
+            .arg("--memory-mib")
+            .arg(opts.memory_mib.to_string())
+            .arg("--serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("--vsock-socket")
+            .arg(&vsock)
+            .arg("--api-socket")
+            .arg(&api)
+            .stdin(Stdio::null());
+        if let Some((sock, tag)) = opts.fs {
+            cmd.arg("--fs-socket").arg(sock).arg("--fs-tag").arg(tag);
+        }
+        let started = Instant::now();
+        let child = cmd.spawn().expect("spawn husk-vmm");
+        Vm {
+            child,
+            started,
+            console,
+            vsock,
+            api,
+            exit: None,
+        }
+    }
+
+    fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// Waits for a console line starting with `prefix`; returns it and when it was seen.
+    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> (String, Instant) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console_text();
+            if let Some(l) = text.lines().find(|l| l.trim_start().starts_with(prefix)) {
+                return (l.trim().to_string(), Instant::now());
+            }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.exit = Some(st);
+                panic!("husk-vmm exited ({st}) before {prefix:?}; console:\n{text}");
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {prefix:?}; console:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit.is_some() {
+            return self.exit;
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.exit = Some(st);
+                return self.exit;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    }
+
+    fn api(&self, cmd: &str) -> serde_json::Value {
+        let mut s = UnixStream::connect(&self.api).expect("connect API socket");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        writeln!(s, "{{\"v\":1,\"cmd\":\"{cmd}\"}}").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad API reply {line:?}: {e}"))
+    }
+
+    /// (RssAnon, RssFile, RssShmem) in KiB; guest RAM is the memfd, i.e. RssShmem.
+    fn rss_kib(&self) -> (u64, u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let get = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (get("RssAnon:"), get("RssFile:"), get("RssShmem:"))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.exit.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+#[test]
+fn vmm_boot_reports_vcpus_and_memory_and_reset_exits_zero() {
+    let (env, _g) = need_env!();
+    let mut vm = Vm::start(
+        &env,
+        "boot",
+        VmOpts {
+            probe: "info,reset",
+            vcpus: 2,
+            memory_mib: 256,
+            ..Default::default()
+        },
+    );
+    let (_, seen) = vm.wait_line("PROBE start", BOOT_TIMEOUT);
+    eprintln!("boot to marker: {:?}", seen - vm.started);
+    let (info, _) = vm.wait_line("PROBE info", BOOT_TIMEOUT);
+    assert_eq!(field(&info, "cpus"), 2, "{info}");
+    let mem = field(&info, "mem_kib");
+    // MemTotal excludes what the kernel reserves for itself, but most of it is there.
+    assert!(mem <= 256 * 1024 && mem > 200 * 1024, "{info}");
+
+    let (_, reset_at) = vm.wait_line("PROBE reset", BOOT_TIMEOUT);
+    let st = vm
+        .wait_exit(Duration::from_secs(10))
+        .expect("husk-vmm did not exit after the guest reset");
+    let took = reset_at.elapsed();
+    assert!(st.success(), "exit status {st}");
+    assert!(
+        took < Duration::from_secs(1),
+        "exit took {took:?} after reset"
+    );
+    assert!(
+        !vm.api.exists() && !vm.vsock.exists(),
+        "sockets left behind"
+    );
+}
+
+#[test]
+fn vmm_boot_time_median_of_five_and_overhead() {
+    let (env, _g) = need_env!();
+    let mut times = vec![];
+    for i in 0..5 {
+        let mut vm = Vm::start(&env, &format!("bench{i}"), VmOpts::default());
+        let (_, seen) = vm.wait_line("PROBE start", BOOT_TIMEOUT);
+        times.push(seen - vm.started);
+        assert!(vm
+            .wait_exit(Duration::from_secs(30))
+            .expect("exit")
+            .success());
+    }
+    times.sort();
+    eprintln!(
+        "husk-vmm boot to /init marker: {times:?}, median {:?}",
+        times[2]
+    );
+
+    let mut vm = Vm::start(
+        &env,
+        "rss",
+        VmOpts {
+            probe: "info,sleep",
+            ..Default::default()
+        },
+    );
+    vm.wait_line("PROBE info", BOOT_TIMEOUT);
+    let (anon, file, shmem) = vm.rss_kib();
+    eprintln!(
+        "husk-vmm RSS: anon {anon} KiB + file {file} KiB = VMM overhead {} KiB; guest memory touched (shmem) {shmem} KiB",
+        anon + file
+    );
+    assert!(vm.api("shutdown")["ok"].as_bool().unwrap());
+    assert!(vm.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Hybrid-vsock handshake, retried until the guest listener is up.
+fn host_connect(vm: &Vm, port: u32) -> (UnixStream, u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut s = UnixStream::connect(&vm.vsock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        writeln!(s, "CONNECT {port}").unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read(&mut b).unwrap_or(0) == 1 {
+            line.push(b[0]);
+            if b[0] == b'\n' {
+                break;
+            }
+        }
+        let line = String::from_utf8_lossy(&line).to_string();
+        if let Some(p) = line.strip_prefix("OK ") {
+            return (s, p.trim().parse().unwrap());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CONNECT {port} never answered OK"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn vmm_vsock_echo_both_directions_and_guest_connect() {
+    let (env, _g) = need_env!();
+    let dir = env.work.join("vsock");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The guest connects to host port 5000: the VMM forwards that to "<vsock socket>_5000".
+    let listener = UnixListener::bind(dir.join("v.sock_5000")).unwrap();
+    let server = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        (&s).write_all(b"hello from host\n").unwrap();
+        line
+    });
+    let mut vm = Vm::start(
+        &env,
+        "vsock",
+        VmOpts {
+            probe: "echo:1024,connect:5000,sleep",
+            vcpus: 2,
+            ..Default::default()
+        },
+    );
+    let (reply, _) = vm.wait_line("PROBE connect", BOOT_TIMEOUT);
+    assert_eq!(reply, "PROBE connect reply=hello from host");
+    assert_eq!(server.join().unwrap(), "hello from guest\n");
+
+    let (mut s, host_port) = host_connect(&vm, 1024);
+    assert!(host_port > 0);
+    let data = pattern(1 << 20, 0x1234_5678);
+    let to_send = data.clone();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&to_send).unwrap());
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == data, "echoed bytes differ");
+
+    // A second connection at the same time gets its own host port.
+    let (mut s2, port2) = host_connect(&vm, 1024);
+    assert_ne!(port2, host_port);
+    s2.write_all(b"second").unwrap();
+    let mut b = [0u8; 6];
+    s2.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"second");
+    drop(s);
+    drop(s2);
+    vm.wait_line("PROBE echo closed bytes=1048576", Duration::from_secs(30));
+
+    // Nobody listens on guest port 999: the guest resets, the VMM closes without OK.
+    let mut bad = UnixStream::connect(&vm.vsock).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    bad.write_all(b"CONNECT 999\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = bad.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "unexpected reply {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+
+    let m = vm.api("metrics");
+    assert!(
+        m["result"]["vsock_rx_bytes"].as_u64().unwrap() >= 1 << 20,
+        "{m}"
+    );
+    assert!(
+        m["result"]["vsock_tx_bytes"].as_u64().unwrap() >= 1 << 20,
+        "{m}"
+    );
+    assert!(vm.api("shutdown")["ok"].as_bool().unwrap());
+    assert!(vm.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn vmm_virtio_fs_with_virtiofsd() {
+    let (env, _g) = need_env!();
+    let dir = env.work.join("fs");
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let input = pattern(300 * 1024 + 17, 0xfeed_beef);
+    std::fs::write(share.join("input.bin"), &input).unwrap();
+    let sock = dir.join("fs.sock");
+    let mut virtiofsd = Command::new(env.bin_dir.join("virtiofsd"))
+        .arg(format!("--socket-path={}", sock.display()))
+        .arg(format!("--shared-dir={}", share.display()))
+        .arg("--sandbox=none")
+        .arg("--cache=never")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn virtiofsd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "virtiofsd socket never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut vm = Vm::start(
+        &env,
+        "fs",
+        VmOpts {
+            probe: "fs:hostshare,reset",
+            memory_mib: 256,
+            fs: Some((&sock, "hostshare")),
+            ..Default::default()
+        },
+    );
+    let (line, _) = vm.wait_line("PROBE fs", BOOT_TIMEOUT);
+    assert_eq!(line, format!("PROBE fs ok bytes={}", input.len()));
+    assert!(vm.wait_exit(Duration::from_secs(30)).unwrap().success());
+    let output = std::fs::read(share.join("output.bin")).unwrap();
+    assert!(output == input, "file copied by the guest differs");
+    assert_eq!(
+        std::fs::read_to_string(share.join("guest.txt")).unwrap(),
+        "written by the guest\n"
+    );
+    // virtiofsd exits when its frontend goes away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while virtiofsd.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = virtiofsd.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = virtiofsd.wait();
+}
+
+fn last_tick(text: &str) -> Option<u64> {
+    text.lines()
+        .rev()
+        .filter_map(|l| l.trim().strip_prefix("PROBE tick "))
+        .find_map(|n| n.parse().ok())
+}
+
+#[test]
+fn vmm_control_api_pause_resume_shutdown() {
+    let (env, _g) = need_env!();
+    let mut vm = Vm::start(
+        &env,
+        "api",
+        VmOpts {
+            probe: "ticks",
+            vcpus: 2,
+            ..Default::default()
+        },
+    );
+    vm.wait_line("PROBE tick 3", BOOT_TIMEOUT);
+    let ping = vm.api("ping");
+    assert_eq!(ping["v"], 1);
+    assert_eq!(ping["result"]["state"], "running", "{ping}");
+
+    let p = vm.api("pause");
+    assert!(p["ok"].as_bool().unwrap(), "{p}");
+    assert_eq!(vm.api("ping")["result"]["state"], "paused");
+    let before = vm.console_text();
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = vm.console_text();
+    assert_eq!(
+        last_tick(&before),
+        last_tick(&during),
+        "guest kept running while paused"
+    );
+
+    let m = vm.api("metrics");
+    let r = &m["result"];
+    assert!(r["uptime_ms"].as_u64().unwrap() > 0, "{m}");
+    assert!(r["vcpu_exits"]["io"].as_u64().unwrap() > 0, "{m}");
+    assert!(r["serial_bytes"].as_u64().unwrap() > 0, "{m}");
+
+    assert!(vm.api("resume")["ok"].as_bool().unwrap());
+    let next = last_tick(&during).unwrap() + 3;
+    vm.wait_line(&format!("PROBE tick {next}"), Duration::from_secs(60));
+
+    let bad = vm.api("reboot");
+    assert_eq!(bad["ok"], false);
+
+    let t = Instant::now();
+    assert!(vm.api("shutdown")["ok"].as_bool().unwrap());
+    let st = vm
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit after shutdown");
+    assert!(st.success(), "{st}");
+    eprintln!("shutdown took {:?}", t.elapsed());
+    assert!(!vm.api.exists());
+}
