@@ -1,1 +1,68 @@
-//! End-to-end tests: see tests/.
+//! End-to-end tests of husk that need a host with real KVM.
+//!
+//! The tests in `tests/` boot real guests with the real guest kernel. They
+//! are built statically and run by `cargo xtask e2e`: directly on a host
+//! with VT-x/AMD-V, or inside the nested-KVM test host (crate
+//! `husk-testhost`) elsewhere. They find what they need through
+//! [`Artifacts::from_env`].
+
+use std::path::PathBuf;
+
+/// Environment variable: the guest `vmlinux`.
+pub const ENV_KERNEL: &str = "HUSK_KERNEL";
+/// Environment variable: the agent initramfs.
+pub const ENV_INITRD: &str = "HUSK_INITRD";
+/// Environment variable: directory of husk's and helper binaries.
+pub const ENV_BIN_DIR: &str = "HUSK_BIN_DIR";
+/// Environment variable: a scratch directory the tests may fill.
+pub const ENV_WORK_DIR: &str = "HUSK_WORK_DIR";
+
+/// Where the artifacts under test are.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// The guest kernel (ELF vmlinux).
+    pub kernel: PathBuf,
+    /// The agent initramfs.
+    pub initrd: PathBuf,
+    /// Directory with `husk-vmm`, `husk-agent`, `containerd-shim-husk-v2`,
+    /// `husk-guest-probe`, `virtiofsd`, `busybox`.
+    pub bin_dir: PathBuf,
+    /// Scratch directory.
+    pub work_dir: PathBuf,
+}
+
+fn required(name: &str) -> PathBuf {
+    match std::env::var_os(name) {
+        Some(v) => PathBuf::from(v),
+        None => panic!("{name} is not set: run the end-to-end tests with `cargo xtask e2e`"),
+    }
+}
+
+impl Artifacts {
+    /// Reads the artifact locations from the environment; panics with a
+    /// pointer to `cargo xtask e2e` when they are missing.
+    pub fn from_env() -> Self {
+        let work_dir = std::env::var_os(ENV_WORK_DIR)
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        Self {
+            kernel: required(ENV_KERNEL),
+            initrd: required(ENV_INITRD),
+            bin_dir: required(ENV_BIN_DIR),
+            work_dir,
+        }
+    }
+
+    /// The path of binary `name` in the bin directory.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// A fresh, empty scratch directory named after `test`.
+    pub fn scratch(&self, test: &str) -> PathBuf {
+        let dir = self.work_dir.join(test);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch directory");
+        dir
+    }
+}

@@ -1,1 +1,54 @@
-fn main() {}
+//! `cargo xtask`: builds husk's guest image and static binaries and runs the
+//! tests, inside the nested-KVM test host when this host lacks VT-x/AMD-V.
+
+mod artifacts;
+mod e2e;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "husk project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Builds the guest kernel (cached), the static binaries and the guest initramfs.
+    Build,
+    /// Runs the end-to-end tests (test binaries whose name starts with FILTER).
+    E2e {
+        /// Only test binaries whose name starts with this (e.g. `vmm`, `agent`, `kvm`).
+        filter: Option<String>,
+        /// Extra arguments for the test binaries (e.g. a test name).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+    /// Everything: the workspace's unit and integration tests, then the end-to-end tests.
+    Test,
+    /// Builds everything and boots a husk guest (inside the test host where needed).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Build => artifacts::build_all().map(|a| {
+            println!("{a}");
+            true
+        }),
+        Cmd::E2e { filter, test_args } => e2e::run(filter.as_deref(), &test_args),
+        Cmd::Test => e2e::unit_tests().and_then(|ok| Ok(e2e::run(None, &[])? && ok)),
+        Cmd::Demo => e2e::demo(),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

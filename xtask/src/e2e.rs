@@ -1,0 +1,158 @@
+//! Running the tests and the demo, on this host when it has hardware KVM and
+//! inside the nested-KVM test host otherwise.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use husk_testhost::{HostFile, TestHost, TestHostConfig, TestHostImage};
+
+use crate::artifacts::{self, Artifacts};
+
+/// Paths inside the test host.
+const HOST_BIN: &str = "/husk/bin";
+const HOST_KERNEL: &str = "/husk/guest/vmlinux";
+const HOST_INITRD: &str = "/husk/guest/initrd.img";
+const HOST_TESTS: &str = "/husk/tests";
+const HOST_WORK: &str = "/tmp/husk-e2e";
+
+/// `cargo test` for everything that runs on any host.
+pub fn unit_tests() -> Result<bool> {
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(artifacts::workspace_root())
+        .args(["test", "--workspace", "--exclude", "husk-e2e"])
+        .status()
+        .context("run cargo test")?;
+    Ok(status.success())
+}
+
+fn test_host_files(a: &Artifacts, tests: &[&(String, std::path::PathBuf)]) -> Vec<HostFile> {
+    let mut files = vec![
+        HostFile::new(&a.kernel, HOST_KERNEL),
+        HostFile::new(&a.initrd, HOST_INITRD),
+    ];
+    for entry in std::fs::read_dir(&a.bin_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        files.push(HostFile::new(entry.path(), format!("{HOST_BIN}/{name}")));
+    }
+    if let Some(virtiofsd) = artifacts::virtiofsd() {
+        files.push(HostFile::executable(
+            virtiofsd,
+            format!("{HOST_BIN}/virtiofsd"),
+        ));
+    }
+    for (name, exe) in tests {
+        files.push(HostFile::new(exe, format!("{HOST_TESTS}/{name}")));
+    }
+    files
+}
+
+fn test_host_env() -> Vec<(String, String)> {
+    [
+        ("HUSK_KERNEL", HOST_KERNEL),
+        ("HUSK_INITRD", HOST_INITRD),
+        ("HUSK_BIN_DIR", HOST_BIN),
+        ("HUSK_WORK_DIR", HOST_WORK),
+        ("RUST_BACKTRACE", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn boot_test_host(files: Vec<HostFile>, command: String) -> Result<i32> {
+    let host = TestHost::new(TestHostConfig::default()).context("prepare the test host")?;
+    let image = TestHostImage {
+        files,
+        env: test_host_env(),
+        command,
+    };
+    let outcome = host.run(&image, |line| println!("{line}"))?;
+    eprintln!(
+        "xtask: test host exited {} after {:.1} s",
+        outcome.exit_code,
+        outcome.wall.as_secs_f64()
+    );
+    Ok(outcome.exit_code)
+}
+
+/// Builds everything and runs the e2e test binaries whose name starts with
+/// `filter`, passing `test_args` to each.
+pub fn run(filter: Option<&str>, test_args: &[String]) -> Result<bool> {
+    let a = artifacts::build_all()?;
+    let selected: Vec<&(String, std::path::PathBuf)> = a
+        .tests
+        .iter()
+        .filter(|(name, _)| filter.is_none_or(|f| name.starts_with(f)))
+        .collect();
+    if selected.is_empty() {
+        anyhow::bail!("no end-to-end test binary matches {filter:?}");
+    }
+    if husk_testhost::hardware_kvm_available() {
+        eprintln!("xtask: this host has hardware KVM: running the end-to-end tests directly");
+        let work = a.root.join("target/husk/work");
+        let mut ok = true;
+        for (name, exe) in &selected {
+            eprintln!("xtask: == {name}");
+            let status = Command::new(exe)
+                .args(["--test-threads=1"])
+                .args(test_args)
+                .env("HUSK_KERNEL", &a.kernel)
+                .env("HUSK_INITRD", &a.initrd)
+                .env("HUSK_BIN_DIR", &a.bin_dir)
+                .env("HUSK_WORK_DIR", &work)
+                .status()
+                .with_context(|| format!("run {}", exe.display()))?;
+            ok &= status.success();
+        }
+        return Ok(ok);
+    }
+    eprintln!("xtask: no VT-x/AMD-V here: running the end-to-end tests in the test host");
+    let args = shell_words(test_args);
+    let command = format!(
+        "export PATH={HOST_BIN}:$PATH; mkdir -p {HOST_WORK}; rc=0; \
+         for t in {HOST_TESTS}/*; do echo \"== $(basename $t)\"; \"$t\" --test-threads=1 {args} || rc=1; done; \
+         exit $rc"
+    );
+    Ok(boot_test_host(test_host_files(&a, &selected), command)? == 0)
+}
+
+/// The main job for now: build everything and boot a husk guest with
+/// husk-vmm, printing its console up to the agent's start marker.
+pub fn demo() -> Result<bool> {
+    let a = artifacts::build_all()?;
+    let vmm_args = |bin: &Path, kernel: &Path, initrd: &Path| {
+        format!(
+            "{} --kernel {} --initrd {} --vcpus 2 --memory-mib 256 --serial stdout",
+            bin.display(),
+            kernel.display(),
+            initrd.display()
+        )
+    };
+    if husk_testhost::hardware_kvm_available() {
+        let cmd = vmm_args(&a.bin_dir.join("husk-vmm"), &a.kernel, &a.initrd);
+        let status = Command::new("sh").args(["-c", &cmd]).status()?;
+        return Ok(status.success());
+    }
+    eprintln!("xtask: no VT-x/AMD-V here: booting the guest inside the test host");
+    let command = format!(
+        "{} & vmm=$!; sleep 20; kill $vmm 2>/dev/null; wait $vmm",
+        vmm_args(
+            &Path::new(HOST_BIN).join("husk-vmm"),
+            Path::new(HOST_KERNEL),
+            Path::new(HOST_INITRD)
+        )
+    );
+    Ok(boot_test_host(test_host_files(&a, &[]), command)? == 0)
+}
