@@ -77,7 +77,13 @@ impl PowerOff for HostExit {
     }
 }
 
-fn serve(opts: Options, mode: Mode, started: Instant) -> Result<(), String> {
+fn serve(
+    opts: Options,
+    mode: Mode,
+    started: Instant,
+    init_t0: Option<std::time::Duration>,
+) -> Result<(), String> {
+    println!("husk-agent {} started", env!("CARGO_PKG_VERSION"));
     let reaper = Reaper::start().map_err(|e| format!("reaper: {e}"))?;
     let runtime = Arc::new(Runtime::new(
         RuntimeConfig {
@@ -90,7 +96,7 @@ fn serve(opts: Options, mode: Mode, started: Instant) -> Result<(), String> {
         Mode::Guest => Arc::new(GuestPower),
         Mode::Host => Arc::new(HostExit),
     };
-    let service = Arc::new(Service::new(runtime, mode, power, started));
+    let service = Arc::new(Service::new(runtime, mode, power, started, init_t0));
     let address = ttrpc_address(&opts.listen)?;
     let mut server = ttrpc::Server::new()
         .bind(&address)
@@ -98,11 +104,7 @@ fn serve(opts: Options, mode: Mode, started: Instant) -> Result<(), String> {
         .register_service(husk_protocol::agent_ttrpc::create_agent(service))
         .set_thread_count_max(256);
     server.start().map_err(|e| format!("serve: {e}"))?;
-    println!(
-        "husk-agent {} started (listening on {})",
-        env!("CARGO_PKG_VERSION"),
-        opts.listen
-    );
+    println!("husk-agent: listening on {}", opts.listen);
     loop {
         std::thread::park();
     }
@@ -115,6 +117,7 @@ fn main() {
         setup::main();
     }
     let pid1 = std::process::id() == 1;
+    let init_t0 = pid1.then(init::init_t0);
     if pid1 {
         init::install_panic_hook();
         if let Err(e) = init::setup() {
@@ -146,7 +149,7 @@ fn main() {
             // SAFETY: integer-only prctl.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         }
-        serve(o, mode, started)
+        serve(o, mode, started, init_t0)
     });
     if let Err(e) = result {
         if pid1 {

@@ -105,6 +105,38 @@ fn attach_console() {
     }
 }
 
+/// Environment variable carrying the boot-clock time at which /init first started, so the
+/// re-exec after the root switch still knows it.
+pub const INIT_T0_ENV: &str = "HUSK_INIT_T0_NS";
+
+/// Time since boot (CLOCK_BOOTTIME).
+pub fn boottime() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, owned `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    std::time::Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// When /init first started (boot clock): from [`INIT_T0_ENV`], or now (and recorded
+/// there for the re-exec).
+pub fn init_t0() -> std::time::Duration {
+    if let Some(ns) = std::env::var(INIT_T0_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return std::time::Duration::from_nanos(ns);
+    }
+    let now = boottime();
+    std::env::set_var(INIT_T0_ENV, now.as_nanos().to_string());
+    now
+}
+
 /// Writes a line on the console and resets the VM. Never returns.
 pub fn power_off(message: &str) -> ! {
     eprintln!("husk-agent: {message}");

@@ -1,0 +1,338 @@
+//! End-to-end tests of `husk-agent` as the guest's /init: boot the guest with `husk-vmm`,
+//! connect through the hybrid vsock socket, create a sandbox whose share comes over
+//! virtio-fs (virtiofsd), run containers from it and power the VM off.
+//!
+//! They need real KVM (`cargo xtask e2e agent`) and find their inputs through HUSK_KERNEL,
+//! HUSK_BIN_DIR (husk-vmm, husk-agent, virtiofsd, busybox), HUSK_INITRD (optional: the agent
+//! initramfs; built from HUSK_BIN_DIR/husk-agent when unset) and HUSK_WORK_DIR. Without
+//! HUSK_KERNEL they are skipped with a message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use husk_protocol::{AgentApi, AgentClient, Timeouts};
+use serde_json::json;
+
+/// Nested guests are slow (TCG outer host): generous timeouts, one VM at a time.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const SHARE_TAG: &str = "husk-share";
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Env {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    bin_dir: PathBuf,
+    work: PathBuf,
+}
+
+fn env() -> Option<(Env, MutexGuard<'static, ()>)> {
+    let kernel = std::env::var_os("HUSK_KERNEL")?;
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bin_dir = PathBuf::from(std::env::var_os("HUSK_BIN_DIR").expect("HUSK_BIN_DIR"));
+    let base = std::env::var_os("HUSK_WORK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let work = base.join(format!("agent-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("work dir");
+    Some((
+        Env {
+            kernel: kernel.into(),
+            initrd: std::env::var_os("HUSK_INITRD").map(PathBuf::from),
+            bin_dir,
+            work,
+        },
+        guard,
+    ))
+}
+
+macro_rules! need_env {
+    () => {
+        match env() {
+            Some(e) => e,
+            None => {
+                eprintln!("skipping: HUSK_KERNEL not set (run with `cargo xtask e2e agent`)");
+                return;
+            }
+        }
+    };
+}
+
+fn initrd(env: &Env) -> PathBuf {
+    if let Some(p) = &env.initrd {
+        return p.clone();
+    }
+    let path = env.work.join("agent-initrd.cpio.gz");
+    if !path.exists() {
+        husk_rootfs::guest_image::write_agent_initramfs(&env.bin_dir.join("husk-agent"), &path)
+            .expect("agent initramfs");
+    }
+    path
+}
+
+fn busybox(env: &Env) -> PathBuf {
+    let p = env.bin_dir.join("busybox");
+    if p.exists() {
+        p
+    } else {
+        PathBuf::from("/bin/busybox")
+    }
+}
+
+/// `<share>/<id>/{config.json, rootfs}` with a busybox rootfs.
+fn bundle(env: &Env, share: &Path, id: &str, args: &[&str]) {
+    let rootfs = share.join(id).join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
+    }
+    std::fs::copy(busybox(env), rootfs.join("bin/busybox")).expect("busybox");
+    for applet in ["sh", "cat", "echo", "hostname", "sleep", "head", "wc"] {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+    }
+    std::fs::write(rootfs.join("marker"), "over virtio-fs\n").expect("marker");
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/",
+            "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
+                             "permitted": ["CAP_KILL"]},
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs"},
+        "hostname": id,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "mode=755"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                           {"type": "mount"}, {"type": "network"}],
+            "resources": {"pids": {"limit": 64}}
+        }
+    });
+    std::fs::write(share.join(id).join("config.json"), spec.to_string()).expect("config");
+}
+
+struct Sandbox {
+    vmm: Child,
+    virtiofsd: Child,
+    console: PathBuf,
+    started: Instant,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for c in [&mut self.vmm, &mut self.virtiofsd] {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Sandbox {
+    fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    fn start(env: &Env, name: &str, share: &Path) -> (Sandbox, PathBuf) {
+        let dir = env.work.join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fs_sock = dir.join("fs.sock");
+        let virtiofsd = Command::new(env.bin_dir.join("virtiofsd"))
+            .arg(format!("--socket-path={}", fs_sock.display()))
+            .arg(format!("--shared-dir={}", share.display()))
+            .arg("--sandbox=none")
+            .arg("--cache=auto")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn virtiofsd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !fs_sock.exists() {
+            assert!(Instant::now() < deadline, "virtiofsd socket never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let console = dir.join("console.log");
+        let vsock = dir.join("v.sock");
+        let started = Instant::now();
+        let vmm = Command::new(env.bin_dir.join("husk-vmm"))
+            .arg("--kernel")
+            .arg(&env.kernel)
+            .arg("--initrd")
+            .arg(initrd(env))
+            .arg("--cmdline")
+            .arg("console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd")
+            .args(["--vcpus", "2", "--memory-mib", "256"])
+            .arg("--serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("--vsock-socket")
+            .arg(&vsock)
+            .arg("--api-socket")
+            .arg(dir.join("api.sock"))
+            .arg("--fs-socket")
+            .arg(&fs_sock)
+            .arg("--fs-tag")
+            .arg(SHARE_TAG)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn husk-vmm");
+        (
+            Sandbox {
+                vmm,
+                virtiofsd,
+                console,
+                started,
+            },
+            vsock,
+        )
+    }
+
+    /// Connects to the agent, retrying while the guest boots.
+    fn connect(&mut self, vsock: &Path) -> AgentClient {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            if vsock.exists() {
+                let timeouts = Timeouts {
+                    default: Some(Duration::from_secs(60)),
+                    lifecycle: Some(Duration::from_secs(120)),
+                    read: Some(Duration::from_secs(120)),
+                };
+                if let Ok(c) =
+                    AgentClient::connect_hybrid_vsock(vsock, Duration::from_secs(10), timeouts)
+                {
+                    if c.handshake().is_ok() {
+                        return c;
+                    }
+                }
+            }
+            if let Ok(Some(st)) = self.vmm.try_wait() {
+                panic!("husk-vmm exited ({st}); console:\n{}", self.console_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent never answered; console:\n{}",
+                self.console_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn read_all(client: &AgentClient, id: &str, exec_id: &str, stderr: bool) -> Vec<u8> {
+    let mut all = Vec::new();
+    loop {
+        let chunk = if stderr {
+            client.read_stderr(id, exec_id, 0)
+        } else {
+            client.read_stdout(id, exec_id, 0)
+        };
+        match chunk.expect("read stream") {
+            Some(d) => all.extend_from_slice(&d),
+            None => return all,
+        }
+    }
+}
+
+#[test]
+fn agent_runs_container_from_virtio_fs_and_powers_off() {
+    let (env, _g) = need_env!();
+    let share = env.work.join("share");
+    bundle(
+        &env,
+        &share,
+        "c1",
+        &[
+            "sh",
+            "-c",
+            "echo hello from $(hostname); cat /marker; echo oops >&2; exit 3",
+        ],
+    );
+    bundle(&env, &share, "c2", &["cat"]);
+    let (mut sb, vsock) = Sandbox::start(&env, "run", &share);
+    let client = sb.connect(&vsock);
+    let to_health = sb.started.elapsed();
+    let health = client.health().expect("health");
+    assert_eq!(health.protocol_version, husk_protocol::PROTOCOL_VERSION);
+    let console = sb.console_text();
+    assert!(
+        console.contains(&format!("husk-agent {} started", health.agent_version)),
+        "{console}"
+    );
+    let figure = console
+        .lines()
+        .find(|l| l.contains("first health check answered"))
+        .unwrap_or("(no timing line)")
+        .to_string();
+    eprintln!("VMM start to first health answer (host wall clock): {to_health:?}; guest: {figure}");
+
+    client
+        .create_sandbox(&husk_protocol::agent::CreateSandboxRequest {
+            hostname: "pod1".into(),
+            share_tag: SHARE_TAG.into(),
+            dns_servers: vec!["10.0.2.3".into()],
+            ..Default::default()
+        })
+        .expect("create sandbox");
+
+    // Spec read from the share (empty spec_json), rootfs over virtio-fs.
+    client.create_container("c1", b"").expect("create c1");
+    client.start_container("c1").expect("start c1");
+    let out = read_all(&client, "c1", "", false);
+    let err = read_all(&client, "c1", "", true);
+    let st = client
+        .wait_process("c1", "", Some(Duration::from_secs(120)))
+        .expect("wait c1");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "hello from c1\nover virtio-fs\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&err), "oops\n");
+    assert_eq!(st.exit_status, 3);
+    client.remove_container("c1").expect("remove c1");
+
+    // stdin round trip through a second container, with stats from its cgroup.
+    client.create_container("c2", b"").expect("create c2");
+    client.start_container("c2").expect("start c2");
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let back = std::thread::scope(|s| {
+        let reader = s.spawn(|| read_all(&client, "c2", "", false));
+        let mut off = 0;
+        while off < data.len() {
+            off += client
+                .write_stdin("c2", "", &data[off..(off + 65536).min(data.len())])
+                .expect("stdin");
+        }
+        let stats = client.container_stats("c2").expect("stats");
+        assert_eq!(stats.pids.limit, 64);
+        assert!(stats.pids.current >= 1);
+        client.close_stdin("c2", "").expect("close stdin");
+        reader.join().expect("reader")
+    });
+    assert!(back == data, "stdin round trip differs");
+    let st = client
+        .wait_process("c2", "", Some(Duration::from_secs(120)))
+        .expect("wait c2");
+    assert_eq!(st.exit_status, 0);
+    client.remove_container("c2").expect("remove c2");
+
+    // Destroy powers the VM off: the VMM exits cleanly.
+    client.destroy_sandbox().expect("destroy");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = sb.vmm.try_wait().expect("try_wait") {
+            assert!(
+                st.success(),
+                "husk-vmm exit {st}; console:\n{}",
+                sb.console_text()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "VM did not power off");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
