@@ -1,0 +1,71 @@
+//! Boots the real test host (QEMU TCG, Debian's cloud kernel, kvm-amd).
+
+use std::time::Duration;
+
+use husk_testhost::{qemu::Error, HostFile, TestHost, TestHostConfig, TestHostImage};
+
+fn host(timeout: Duration) -> TestHost {
+    TestHost::new(TestHostConfig {
+        timeout,
+        memory_mib: 1024,
+        ..Default::default()
+    })
+    .expect("prepare the test host")
+}
+
+#[test]
+fn runs_a_command_with_files_and_reports_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.txt");
+    std::fs::write(&data, "payload from the outer host\n").unwrap();
+    let image = TestHostImage {
+        files: vec![
+            HostFile::new(&data, "/srv/data.txt"),
+            HostFile::executable("/usr/bin/env", "/opt/env"),
+        ],
+        env: vec![("HUSK_GREETING".into(), "hello 'quoted' world".into())],
+        command: "cat /srv/data.txt; /opt/env | grep HUSK_GREETING; \
+                  test -c /dev/kvm && grep -qw svm /proc/cpuinfo && echo kvm-ready; exit 7"
+            .into(),
+    };
+    let mut lines = Vec::new();
+    let outcome = host(Duration::from_secs(300))
+        .run(&image, |l| lines.push(l.to_string()))
+        .expect("run");
+    assert_eq!(outcome.exit_code, 7, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l == "payload from the outer host"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "HUSK_GREETING=hello 'quoted' world"),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l == "kvm-ready"), "{lines:#?}");
+}
+
+#[test]
+fn a_timeout_kills_qemu() {
+    let image = TestHostImage {
+        command: "echo started; sleep 600".into(),
+        ..Default::default()
+    };
+    let mut lines = Vec::new();
+    let err = host(Duration::from_secs(30))
+        .run(&image, |l| lines.push(l.to_string()))
+        .err();
+    // The command prints, then sleeps past the limit.
+    assert!(matches!(err, Some(Error::Timeout(_))), "{err:?} {lines:#?}");
+    assert!(lines.iter().any(|l| l == "started"), "{lines:#?}");
+    let me = std::process::id().to_string();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("qemu-system") && c.contains(&format!("husk-testhost-{me}-")))
+        .collect();
+    assert!(leftovers.is_empty(), "QEMU left running: {leftovers:?}");
+}
