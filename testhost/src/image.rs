@@ -80,6 +80,18 @@ fn init_script(modules: &[String]) -> String {
         .collect();
     format!(
         r#"#!/bin/busybox sh
+# Stage 1: move the initramfs onto a real tmpfs mount and switch to it, so
+# that pivot_root(2) works for container runtimes (it fails on the rootfs).
+if [ ! -e /husk-testhost/stage2 ]; then
+    /bin/busybox mkdir -p /newroot
+    /bin/busybox mount -t tmpfs -o mode=0755 tmpfs /newroot
+    for d in /*; do
+        case "$d" in /newroot|/proc|/sys|/dev) ;; *) /bin/busybox cp -a "$d" /newroot/ ;; esac
+    done
+    /bin/busybox mkdir -p /newroot/proc /newroot/sys /newroot/dev
+    /bin/busybox touch /newroot/husk-testhost/stage2
+    exec /bin/busybox switch_root /newroot /init
+fi
 /bin/busybox --install -s /bin
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root

@@ -175,6 +175,7 @@ impl TestHost {
             match rx.recv_timeout(left) {
                 Ok(line) => match line.trim().strip_prefix(EXIT_MARKER) {
                     Some(code) if exit_code.is_none() => exit_code = code.trim().parse().ok(),
+                    _ if !self.config.verbose_kernel && is_reset_notice(&line) => {}
                     _ => on_line(&line),
                 },
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -214,6 +215,12 @@ fn tsc_hint() -> String {
         })
         .map(|mhz| format!(" tsc_early_khz={}", (mhz * 1000.0) as u64))
         .unwrap_or_default()
+}
+
+/// The kernel's emergency-level "reboot: Restarting system" that ends every
+/// run (printed even with `quiet`).
+fn is_reset_notice(line: &str) -> bool {
+    line.starts_with('[') && line.contains("] reboot: ")
 }
 
 fn forward_lines(reader: impl Read, tx: mpsc::Sender<String>) {
