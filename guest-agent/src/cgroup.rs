@@ -232,6 +232,11 @@ impl Cgroup {
         }
     }
 
+    /// Whether the cgroup is frozen (or being frozen).
+    pub fn is_frozen(&self) -> bool {
+        fs::read_to_string(self.dir.join("cgroup.freeze")).is_ok_and(|v| v.trim() == "1")
+    }
+
     /// Pids of every process in the cgroup.
     pub fn procs(&self) -> Result<Vec<u32>> {
         let text = fs::read_to_string(self.dir.join("cgroup.procs"))

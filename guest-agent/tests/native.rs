@@ -490,3 +490,54 @@ fn same_output_and_exit_code_as_runc() {
     );
     assert_eq!(code, rcode);
 }
+
+#[test]
+fn sysctls_masked_and_readonly_paths() {
+    let agent = Agent::start();
+    let script = "cat /proc/sys/net/ipv4/ip_forward; wc -c < /proc/timer_list; \
+                  echo 0 > /proc/sys/net/ipv4/ip_forward && echo writable; exit 0";
+    let mut s = spec(&["sh", "-c", script]);
+    s["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    let (code, out, err) = agent.run_to_end("sysctl", &s);
+    assert_eq!(code, 0);
+    assert_eq!(text(&out), "1\n0\n", "stderr: {}", text(&err));
+    assert!(
+        text(&err).contains("Read-only file system"),
+        "{}",
+        text(&err)
+    );
+}
+
+#[test]
+fn exec_into_paused_container_is_refused_and_update_applies() {
+    let agent = Agent::start();
+    if agent.cgroup_root.is_none() {
+        eprintln!("no cgroup v2 on this host: skipped");
+        return;
+    }
+    agent.run("paused", &spec(&["sleep", "1000"]));
+    agent.client.pause_container("paused").expect("pause");
+    let process = json!({"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    let err = agent
+        .client
+        .exec_process("paused", "p1", process.to_string().as_bytes())
+        .expect_err("exec while paused");
+    assert_eq!(err.kind(), Some(ErrorKind::FailedPrecondition));
+    agent.client.resume_container("paused").expect("resume");
+    // Resources through the unified map: a file every cgroup v2 has.
+    let res = json!({"unified": {"cgroup.max.descendants": "5"}});
+    agent
+        .client
+        .update_container("paused", res.to_string().as_bytes())
+        .expect("update");
+    let cg = agent.cgroup_root.as_ref().expect("cgroup").join("paused");
+    let v = std::fs::read_to_string(cg.join("cgroup.max.descendants")).expect("read");
+    assert_eq!(v.trim(), "5");
+    let bad = json!({"unified": {"../escape": "1"}});
+    let err = agent
+        .client
+        .update_container("paused", bad.to_string().as_bytes())
+        .expect_err("bad key");
+    assert_eq!(err.kind(), Some(ErrorKind::InvalidArgument));
+    agent.client.remove_container("paused").expect("remove");
+}

@@ -94,8 +94,10 @@ pub fn launch(cfg: &LaunchConfig, stdio: ChildStdio, reaper: &Reaper) -> Result<
     let write_result = cfg_w.write_all(&config);
     drop(cfg_w);
 
+    // Stage 1 (Pid) and stage 2 (Ready) write independently: either may come first.
     let mut pid = None;
-    let mut outcome = Err(Error::Setup("setup process exited without a report".into()));
+    let mut ready = false;
+    let mut failure = None;
     for line in BufReader::new(File::from(sync_r)).lines() {
         let Ok(line) = line else { break };
         match serde_json::from_str::<SyncMessage>(&line) {
@@ -103,24 +105,20 @@ pub fn launch(cfg: &LaunchConfig, stdio: ChildStdio, reaper: &Reaper) -> Result<
                 reaper.watch(p);
                 pid = Some(p);
             }
-            Ok(SyncMessage::Ready) => {
-                outcome = Ok(());
-                break;
-            }
-            Ok(SyncMessage::Invalid(m)) => {
-                outcome = Err(Error::InvalidArgument(m));
-                break;
-            }
-            Ok(SyncMessage::Error(m)) => {
-                outcome = Err(Error::Setup(m));
-                break;
-            }
-            Err(e) => {
-                outcome = Err(Error::Setup(format!("bad report {line:?}: {e}")));
-                break;
-            }
+            Ok(SyncMessage::Ready) => ready = true,
+            Ok(SyncMessage::Invalid(m)) => failure = Some(Error::InvalidArgument(m)),
+            Ok(SyncMessage::Error(m)) => failure = Some(Error::Setup(m)),
+            Err(e) => failure = Some(Error::Setup(format!("bad report {line:?}: {e}"))),
+        }
+        if failure.is_some() || (ready && pid.is_some()) {
+            break;
         }
     }
+    let mut outcome = match failure {
+        Some(e) => Err(e),
+        None if ready => Ok(()),
+        None => Err(Error::Setup("setup process exited without a report".into())),
+    };
     // Stage 1 exits right after reporting the pid.
     let _ = reaper.wait(helper, Some(Duration::from_secs(10)));
     reaper.forget(helper);

@@ -226,6 +226,12 @@ impl Runtime {
                 "container {id} is not running"
             )));
         }
+        if c.cgroup.as_ref().is_some_and(Cgroup::is_frozen) {
+            // A process joining a frozen cgroup would hang in its setup.
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is paused"
+            )));
+        }
         let process: OciProcess = serde_json::from_slice(process_json)
             .map_err(|e| Error::InvalidArgument(format!("process: {e}")))?;
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod mounts;
 pub mod process;
 pub mod seccomp;
+pub mod sysctl;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -199,18 +200,6 @@ fn clone_parent(flags: CloneFlags) -> Result<i32> {
     i32::try_from(rc).map_err(|_| SetupError::Invalid("clone returned a bad pid".into()))
 }
 
-fn set_sysctls(spec: &Spec) -> Result<()> {
-    let sysctls = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref());
-    for (key, value) in sysctls.into_iter().flatten() {
-        if key.contains("..") || key.contains('/') {
-            return Err(SetupError::Invalid(format!("sysctl {key:?}")));
-        }
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value).map_err(|e| SetupError::Io(format!("sysctl {key}"), e))?;
-    }
-    Ok(())
-}
-
 /// Stage 2: everything inside the container, up to the start byte and exec.
 fn stage2(cfg: LaunchConfig) -> Result<()> {
     let prepared = match &cfg.mode {
@@ -223,7 +212,6 @@ fn stage2(cfg: LaunchConfig) -> Result<()> {
             if let Some(h) = &cfg.hostname {
                 sethostname(h).map_err(|e| SetupError::Sys("sethostname".into(), e))?;
             }
-            set_sysctls(spec)?;
             let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
             process::prepare(process, seccomp)?
         }

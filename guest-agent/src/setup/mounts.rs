@@ -442,6 +442,8 @@ pub fn setup_rootfs(spec: &Spec, rootfs: &Path, terminal: bool) -> Result<()> {
         populate_dev(rootfs, spec, terminal)?;
     }
     switch_root(rootfs)?;
+    // Before the read-only paths, which usually include /proc/sys.
+    super::sysctl::apply(spec)?;
     for p in linux
         .and_then(|l| l.masked_paths().as_ref())
         .into_iter()
