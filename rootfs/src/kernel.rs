@@ -129,6 +129,20 @@ impl KernelBuild {
         if let Some(hit) = self.cached() {
             return Ok(hit);
         }
+        // One build at a time per cache: concurrent runs (two test suites,
+        // two developers) share the unpacked tree.
+        std::fs::create_dir_all(&self.cache_dir)
+            .map_err(io_err("cannot create", &self.cache_dir))?;
+        let lock_path = self.cache_dir.join("kernel-build.lock");
+        let lock =
+            std::fs::File::create(&lock_path).map_err(io_err("cannot create", &lock_path))?;
+        if lock.try_lock().is_err() {
+            let _ = writeln!(log, "kernel: another build is running, waiting for it");
+            lock.lock().map_err(io_err("cannot lock", &lock_path))?;
+        }
+        if let Some(hit) = self.cached() {
+            return Ok(hit);
+        }
         let work = self.cache_dir.join("build");
         let tree = work.join(SOURCE_PACKAGE);
         let stamp = work.join(format!(".unpacked-{}", self.version));
