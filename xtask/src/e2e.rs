@@ -10,9 +10,9 @@ use husk_testhost::{HostFile, TestHost, TestHostConfig, TestHostImage};
 use crate::artifacts::{self, Artifacts};
 
 /// Paths inside the test host.
-const HOST_BIN: &str = "/husk/bin";
-const HOST_KERNEL: &str = "/husk/guest/vmlinux";
-const HOST_INITRD: &str = "/husk/guest/initrd.img";
+pub(crate) const HOST_BIN: &str = "/husk/bin";
+pub(crate) const HOST_KERNEL: &str = "/husk/guest/vmlinux";
+pub(crate) const HOST_INITRD: &str = "/husk/guest/initrd.img";
 const HOST_TESTS: &str = "/husk/tests";
 const HOST_WORK: &str = "/tmp/husk-e2e";
 
@@ -26,7 +26,10 @@ pub fn unit_tests() -> Result<bool> {
     Ok(status.success())
 }
 
-fn test_host_files(a: &Artifacts, tests: &[&(String, std::path::PathBuf)]) -> Vec<HostFile> {
+pub(crate) fn test_host_files(
+    a: &Artifacts,
+    tests: &[&(String, std::path::PathBuf)],
+) -> Vec<HostFile> {
     let mut files = vec![
         HostFile::new(&a.kernel, HOST_KERNEL),
         HostFile::new(&a.initrd, HOST_INITRD),
@@ -71,14 +74,18 @@ fn shell_words(args: &[String]) -> String {
         .join(" ")
 }
 
-fn boot_test_host(files: Vec<HostFile>, command: String) -> Result<i32> {
+pub(crate) fn boot_test_host(
+    files: Vec<HostFile>,
+    command: String,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<i32> {
     let host = TestHost::new(TestHostConfig::default()).context("prepare the test host")?;
     let image = TestHostImage {
         files,
         env: test_host_env(),
         command,
     };
-    let outcome = host.run(&image, |line| println!("{line}"))?;
+    let outcome = host.run(&image, on_line)?;
     eprintln!(
         "xtask: test host exited {} after {:.1} s",
         outcome.exit_code,
@@ -125,7 +132,11 @@ pub fn run(filter: Option<&str>, test_args: &[String]) -> Result<bool> {
          for t in {HOST_TESTS}/*; do echo \"== $(basename $t)\"; \"$t\" --test-threads=1 {args} || rc=1; done; \
          exit $rc"
     );
-    Ok(boot_test_host(test_host_files(&a, &selected), command)? == 0)
+    Ok(
+        boot_test_host(test_host_files(&a, &selected), command, &mut |l| {
+            println!("{l}")
+        })? == 0,
+    )
 }
 
 /// The main job for now: build everything and boot a husk guest with
@@ -154,5 +165,5 @@ pub fn demo() -> Result<bool> {
             Path::new(HOST_INITRD)
         )
     );
-    Ok(boot_test_host(test_host_files(&a, &[]), command)? == 0)
+    Ok(boot_test_host(test_host_files(&a, &[]), command, &mut |l| println!("{l}"))? == 0)
 }

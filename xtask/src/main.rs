@@ -2,6 +2,7 @@
 //! tests, inside the nested-KVM test host when this host lacks VT-x/AMD-V.
 
 mod artifacts;
+mod bench;
 mod e2e;
 
 use std::process::ExitCode;
@@ -31,6 +32,12 @@ enum Cmd {
     Test,
     /// Builds everything and boots a husk guest (inside the test host where needed).
     Demo,
+    /// Runs the benchmarks and prints their table (JSON in target/husk/bench.json).
+    Bench {
+        /// Runs per figure.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +49,7 @@ fn main() -> ExitCode {
         Cmd::E2e { filter, test_args } => e2e::run(filter.as_deref(), &test_args),
         Cmd::Test => e2e::unit_tests().and_then(|ok| Ok(e2e::run(None, &[])? && ok)),
         Cmd::Demo => e2e::demo(),
+        Cmd::Bench { runs } => bench::run(runs),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

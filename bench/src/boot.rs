@@ -1,0 +1,136 @@
+//! Boot time: from spawning a VMM process to the guest's init marker on its
+//! console, for husk-vmm and for QEMU's microvm machine booting the same
+//! kernel and initramfs.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::procfs::{self, ProcessMemory};
+
+/// The line husk-agent prints when it starts (guest init).
+pub const INIT_MARKER: &str = "husk-agent";
+/// Guest command line used for both VMMs.
+pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+
+/// Errors of one boot measurement.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The VMM could not be started.
+    #[error("cannot start {0}: {1}")]
+    Spawn(String, std::io::Error),
+    /// The marker did not appear in time.
+    #[error("{vmm}: no init marker within {timeout:?}; last output: {last}")]
+    NoMarker {
+        /// Which VMM.
+        vmm: String,
+        /// The limit.
+        timeout: Duration,
+        /// The last console line seen.
+        last: String,
+    },
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    /// ELF vmlinux.
+    pub kernel: PathBuf,
+    /// Initramfs with husk-agent as /init.
+    pub initrd: PathBuf,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+}
+
+/// One boot's result.
+#[derive(Debug, Clone, Copy)]
+pub struct BootSample {
+    /// Spawn to marker.
+    pub to_marker: Duration,
+    /// The VMM process's memory at the marker.
+    pub memory: ProcessMemory,
+}
+
+/// The husk-vmm command line for `guest`.
+pub fn husk_command(vmm: &Path, guest: &Guest) -> Command {
+    let mut cmd = Command::new(vmm);
+    cmd.arg("--kernel")
+        .arg(&guest.kernel)
+        .arg("--initrd")
+        .arg(&guest.initrd)
+        .args([
+            "--vcpus",
+            "1",
+            "--memory-mib",
+            &guest.memory_mib.to_string(),
+        ])
+        .args(["--serial", "stdout", "--cmdline", CMDLINE]);
+    cmd
+}
+
+/// The QEMU microvm command line for `guest` (KVM, no ACPI, no devices).
+pub fn qemu_command(qemu: &Path, guest: &Guest) -> Command {
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-M", "microvm,accel=kvm,acpi=off", "-cpu", "host"])
+        .args(["-m", &guest.memory_mib.to_string(), "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&guest.kernel)
+        .arg("-initrd")
+        .arg(&guest.initrd)
+        .args(["-append", CMDLINE]);
+    cmd
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Boots once with `cmd`, returning the time to the marker; the VMM is
+/// killed afterwards.
+pub fn boot_once(name: &str, mut cmd: Command, timeout: Duration) -> Result<BootSample, Error> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let mut child = KillOnDrop(cmd.spawn().map_err(|e| Error::Spawn(name.to_string(), e))?);
+    let stdout = child.0.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let hit = line.contains(INIT_MARKER);
+            if tx.send((Instant::now(), line)).is_err() || hit {
+                break;
+            }
+        }
+    });
+    let mut last = String::new();
+    loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        match rx.recv_timeout(left) {
+            Ok((at, line)) if line.contains(INIT_MARKER) => {
+                let memory = procfs::process_memory(child.0.id(), "guest").unwrap_or_default();
+                return Ok(BootSample {
+                    to_marker: at - started,
+                    memory,
+                });
+            }
+            Ok((_, line)) => last = line,
+            Err(_) => {
+                return Err(Error::NoMarker {
+                    vmm: name.to_string(),
+                    timeout,
+                    last,
+                })
+            }
+        }
+    }
+}
