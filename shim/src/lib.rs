@@ -1,1 +1,27 @@
-//! Placeholder.
+//! husk's containerd shim v2 (`containerd-shim-husk-v2`, runtime `io.containerd.husk.v2`):
+//! runs each pod (or each standalone container) in a husk micro-VM.
+//!
+//! Modules, one concern each:
+//! - [`config`], [`annotations`]: configuration file and per-pod annotations;
+//! - [`convert`], [`state`], [`spec`]: pure request/response conversions, the process state
+//!   machine and the guest's OCI spec;
+//! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`sandbox`]: the pod VM;
+//! - [`stdio`], [`events`], [`process`], [`service`]: the Task service;
+//! - [`bootstrap`]: the binary's `start`, `delete` and serve actions.
+
+pub mod annotations;
+pub mod bootstrap;
+pub mod child;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod events;
+pub mod mounts;
+pub mod process;
+pub mod sandbox;
+pub mod service;
+pub mod spec;
+pub mod state;
+pub mod stdio;
+pub mod virtiofsd;
+pub mod vmm;

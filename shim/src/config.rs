@@ -1,0 +1,292 @@
+//! The shim's configuration file, `/etc/husk/config.toml`.
+//!
+//! Every key is optional; a missing file means all defaults. The environment variable
+//! `HUSK_CONFIG` names another file (containerd passes its environment to shims, so a
+//! private containerd can point its shims elsewhere).
+//!
+//! ```toml
+//! # Guest kernel (ELF vmlinux) and the initramfs holding husk-agent.
+//! kernel = "/usr/share/husk/vmlinux"
+//! initrd = "/usr/share/husk/initrd.img"
+//! # Helper binaries; empty: next to the shim binary, then $PATH.
+//! vmm = ""
+//! virtiofsd = ""
+//! # VM size (per pod; annotations io.husk.vcpus / io.husk.memory_mib override them).
+//! vcpus = 1
+//! memory_mib = 256
+//! # Extra guest kernel parameters, appended to the built-in ones.
+//! kernel_params = ""
+//! # Per-pod runtime files (sockets, shared directory, console log).
+//! state_dir = "/run/husk"
+//! # Seconds: VM boot to agent answering; quick agent calls; create/start/exec calls;
+//! # how long exit waits for the last output of a process.
+//! boot_timeout_secs = 60
+//! agent_timeout_secs = 30
+//! lifecycle_timeout_secs = 120
+//! io_drain_timeout_secs = 5
+//! # error, warn, info, debug or trace.
+//! log_level = "info"
+//! # Keep the guest console in <state_dir>/<namespace>/<pod>/console.log.
+//! debug_console = false
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the configuration file is looked for.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/husk/config.toml";
+/// Environment variable naming another configuration file.
+pub const CONFIG_ENV: &str = "HUSK_CONFIG";
+/// Default guest kernel.
+pub const DEFAULT_KERNEL: &str = "/usr/share/husk/vmlinux";
+/// Default agent initramfs.
+pub const DEFAULT_INITRD: &str = "/usr/share/husk/initrd.img";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/run/husk";
+/// Most vCPUs a pod may ask for.
+pub const MAX_VCPUS: u32 = 64;
+/// Least guest memory a pod may ask for.
+pub const MIN_MEMORY_MIB: u64 = 64;
+/// Most guest memory a pod may ask for (1 TiB).
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+
+/// Errors reading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("parse {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config {key}: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The shim's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Guest kernel (ELF vmlinux).
+    pub kernel: PathBuf,
+    /// Agent initramfs.
+    pub initrd: PathBuf,
+    /// `husk-vmm` binary; empty: found next to the shim or in `$PATH`.
+    pub vmm: PathBuf,
+    /// `virtiofsd` binary; empty: found next to the shim or in `$PATH`.
+    pub virtiofsd: PathBuf,
+    /// vCPUs per VM.
+    pub vcpus: u32,
+    /// Guest memory per VM in MiB.
+    pub memory_mib: u64,
+    /// Extra guest kernel parameters.
+    pub kernel_params: String,
+    /// Runtime files of the pods.
+    pub state_dir: PathBuf,
+    /// Seconds to wait for the agent after the VM starts.
+    pub boot_timeout_secs: u64,
+    /// Seconds for quick agent calls.
+    pub agent_timeout_secs: u64,
+    /// Seconds for agent calls that set up or tear down containers.
+    pub lifecycle_timeout_secs: u64,
+    /// Seconds an exit waits for the process's remaining output.
+    pub io_drain_timeout_secs: u64,
+    /// Log level.
+    pub log_level: String,
+    /// Keep the guest console log.
+    pub debug_console: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kernel: PathBuf::from(DEFAULT_KERNEL),
+            initrd: PathBuf::from(DEFAULT_INITRD),
+            vmm: PathBuf::new(),
+            virtiofsd: PathBuf::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: String::new(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            boot_timeout_secs: 60,
+            agent_timeout_secs: 30,
+            lifecycle_timeout_secs: 120,
+            io_drain_timeout_secs: 5,
+            log_level: "info".to_string(),
+            debug_console: false,
+        }
+    }
+}
+
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+impl Config {
+    /// Parses TOML text and checks the values.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load_from(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads `$HUSK_CONFIG` or [`DEFAULT_CONFIG_PATH`].
+    pub fn load() -> Result<Config, ConfigError> {
+        let path = std::env::var_os(CONFIG_ENV)
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH), PathBuf::from);
+        Config::load_from(&path)
+    }
+
+    /// Checks ranges and required values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return invalid("vcpus", format!("{} is not in 1..={MAX_VCPUS}", self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return invalid(
+                "memory_mib",
+                format!(
+                    "{} is not in {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+                    self.memory_mib
+                ),
+            );
+        }
+        if self.kernel.as_os_str().is_empty() {
+            return invalid("kernel", "must not be empty".into());
+        }
+        if self.initrd.as_os_str().is_empty() {
+            return invalid("initrd", "must not be empty".into());
+        }
+        if !self.state_dir.is_absolute() {
+            return invalid("state_dir", format!("{:?} is not absolute", self.state_dir));
+        }
+        for (key, v) in [
+            ("boot_timeout_secs", self.boot_timeout_secs),
+            ("agent_timeout_secs", self.agent_timeout_secs),
+            ("lifecycle_timeout_secs", self.lifecycle_timeout_secs),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        if !LOG_LEVELS.contains(&self.log_level.as_str()) {
+            return invalid(
+                "log_level",
+                format!("{:?} is not one of {LOG_LEVELS:?}", self.log_level),
+            );
+        }
+        Ok(())
+    }
+
+    /// Boot timeout as a duration.
+    pub fn boot_timeout(&self) -> Duration {
+        Duration::from_secs(self.boot_timeout_secs)
+    }
+
+    /// The agent client's per-call timeouts.
+    pub fn agent_timeouts(&self) -> husk_protocol::Timeouts {
+        husk_protocol::Timeouts {
+            default: Some(Duration::from_secs(self.agent_timeout_secs)),
+            lifecycle: Some(Duration::from_secs(self.lifecycle_timeout_secs)),
+            read: None,
+        }
+    }
+
+    /// How long an exit waits for the remaining output.
+    pub fn io_drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.io_drain_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).expect("parse");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.kernel, PathBuf::from(DEFAULT_KERNEL));
+        assert_eq!(c.vcpus, 1);
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let c = Config::parse(
+            "kernel = \"/k\"\nvcpus = 2\nmemory_mib = 512\nlog_level = \"debug\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("parse");
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.initrd, PathBuf::from(DEFAULT_INITRD));
+        assert_eq!((c.vcpus, c.memory_mib), (2, 512));
+        assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let p = Path::new("x.toml");
+        assert!(matches!(
+            Config::parse("kernal = \"/k\"", p),
+            Err(ConfigError::Parse { .. })
+        ));
+        for bad in [
+            "vcpus = 0",
+            "vcpus = 65",
+            "memory_mib = 8",
+            "state_dir = \"rel\"",
+            "log_level = \"loud\"",
+            "boot_timeout_secs = 0",
+        ] {
+            assert!(
+                matches!(Config::parse(bad, p), Err(ConfigError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_file_is_defaults_unreadable_is_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Config::load_from(&dir.path().join("none.toml")).expect("defaults");
+        assert_eq!(c, Config::default());
+        assert!(matches!(
+            Config::load_from(dir.path()),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

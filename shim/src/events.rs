@@ -1,0 +1,134 @@
+//! Task events published to containerd, in order, from one publisher thread so that Task
+//! calls never wait on containerd.
+
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Mutex;
+
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::topics;
+use containerd_shim_protos::ttrpc::context::Context;
+
+/// One task event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskEvent {
+    /// A task was created.
+    Create(TaskCreate),
+    /// A task's init process started.
+    Start(TaskStart),
+    /// An exec was added.
+    ExecAdded(TaskExecAdded),
+    /// An exec started.
+    ExecStarted(TaskExecStarted),
+    /// A process exited.
+    Exit(TaskExit),
+    /// A task was deleted.
+    Delete(TaskDelete),
+    /// A task was paused.
+    Paused(TaskPaused),
+    /// A task was resumed.
+    Resumed(TaskResumed),
+    /// The guest reported an OOM kill.
+    Oom(TaskOOM),
+}
+
+impl TaskEvent {
+    /// containerd's topic for the event.
+    pub fn topic(&self) -> &'static str {
+        match self {
+            TaskEvent::Create(_) => topics::TASK_CREATE_EVENT_TOPIC,
+            TaskEvent::Start(_) => topics::TASK_START_EVENT_TOPIC,
+            TaskEvent::ExecAdded(_) => topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskEvent::ExecStarted(_) => topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            TaskEvent::Exit(_) => topics::TASK_EXIT_EVENT_TOPIC,
+            TaskEvent::Delete(_) => topics::TASK_DELETE_EVENT_TOPIC,
+            TaskEvent::Paused(_) => topics::TASK_PAUSED_EVENT_TOPIC,
+            TaskEvent::Resumed(_) => topics::TASK_RESUMED_EVENT_TOPIC,
+            TaskEvent::Oom(_) => topics::TASK_OOM_EVENT_TOPIC,
+        }
+    }
+
+    fn into_message(self) -> Box<dyn MessageDyn> {
+        match self {
+            TaskEvent::Create(e) => Box::new(e),
+            TaskEvent::Start(e) => Box::new(e),
+            TaskEvent::ExecAdded(e) => Box::new(e),
+            TaskEvent::ExecStarted(e) => Box::new(e),
+            TaskEvent::Exit(e) => Box::new(e),
+            TaskEvent::Delete(e) => Box::new(e),
+            TaskEvent::Paused(e) => Box::new(e),
+            TaskEvent::Resumed(e) => Box::new(e),
+            TaskEvent::Oom(e) => Box::new(e),
+        }
+    }
+}
+
+/// Where events go.
+pub trait EventSink: Send + Sync {
+    /// Queues an event.
+    fn publish(&self, event: TaskEvent);
+}
+
+/// Publishes to containerd over its TTRPC events service.
+pub struct RemoteEvents {
+    tx: Mutex<Sender<TaskEvent>>,
+}
+
+impl RemoteEvents {
+    /// Starts the publisher thread for `namespace`.
+    pub fn start(publisher: RemotePublisher, namespace: String) -> std::io::Result<Self> {
+        let (tx, rx) = channel::<TaskEvent>();
+        std::thread::Builder::new()
+            .name("husk-events".into())
+            .spawn(move || {
+                for ev in rx {
+                    let topic = ev.topic();
+                    if let Err(e) =
+                        publisher.publish(Context::default(), topic, &namespace, ev.into_message())
+                    {
+                        tracing::warn!("publish {topic}: {e}");
+                    }
+                }
+            })?;
+        Ok(RemoteEvents { tx: Mutex::new(tx) })
+    }
+}
+
+impl EventSink for RemoteEvents {
+    fn publish(&self, event: TaskEvent) {
+        tracing::debug!("event {}", event.topic());
+        let _ = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_match_containerd() {
+        assert_eq!(TaskEvent::Exit(TaskExit::default()).topic(), "/tasks/exit");
+        assert_eq!(
+            TaskEvent::ExecAdded(TaskExecAdded::default()).topic(),
+            "/tasks/exec-added"
+        );
+        assert_eq!(TaskEvent::Oom(TaskOOM::default()).topic(), "/tasks/oom");
+    }
+
+    #[test]
+    fn messages_carry_containerd_type_names() {
+        let m = TaskEvent::Start(TaskStart::default()).into_message();
+        assert_eq!(
+            m.descriptor_dyn().full_name(),
+            "containerd.events.TaskStart"
+        );
+    }
+}

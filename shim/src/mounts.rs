@@ -1,0 +1,198 @@
+//! Host mounts the shim makes: the container rootfs inside the pod share, host binds for
+//! the guest, and their removal.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::convert::RootfsMount;
+
+/// Errors mounting or unmounting.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The container has no root filesystem.
+    #[error("rootfs {0} does not exist or is not a directory")]
+    MissingRootfs(PathBuf),
+    /// containerd gave more than one rootfs mount.
+    #[error("{0} rootfs mounts given; husk supports one")]
+    TooManyMounts(usize),
+    /// A mount call failed.
+    #[error("mount {what} on {target}: {message}")]
+    Mount {
+        /// What was mounted.
+        what: String,
+        /// Where.
+        target: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// Creating a mount point failed.
+    #[error("create {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MountError + '_ {
+    move |source| MountError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Mounts the container's root filesystem at `target`: containerd's snapshot mount when
+/// given, else a bind of `<bundle>/rootfs`.
+pub fn mount_rootfs(
+    rootfs: &[RootfsMount],
+    bundle: &Path,
+    target: &Path,
+) -> Result<(), MountError> {
+    std::fs::create_dir_all(target).map_err(io_err(target))?;
+    match rootfs {
+        [] => {
+            let src = bundle.join("rootfs");
+            if !src.is_dir() {
+                return Err(MountError::MissingRootfs(src));
+            }
+            bind(&src, target)
+        }
+        [m] => {
+            // The snapshot's lower directories must exist, or the mount fails obscurely.
+            containerd_shim::mount::mount_rootfs(
+                Some(m.typ.as_str()),
+                Some(m.source.as_str()),
+                &m.options,
+                target,
+            )
+            .map_err(|e| MountError::Mount {
+                what: format!("{} {}", m.typ, m.source),
+                target: target.to_path_buf(),
+                message: e.to_string(),
+            })
+        }
+        many => Err(MountError::TooManyMounts(many.len())),
+    }
+}
+
+/// Bind-mounts `source` (file or directory) on `target`, creating the mount point.
+pub fn bind(source: &Path, target: &Path) -> Result<(), MountError> {
+    if source.is_dir() {
+        std::fs::create_dir_all(target).map_err(io_err(target))?;
+    } else {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        std::fs::File::create(target).map_err(io_err(target))?;
+    }
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| MountError::Mount {
+        what: format!("bind {}", source.display()),
+        target: target.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Decodes the octal escapes of /proc/self/mountinfo (`\040` for a space).
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .and_then(|o| std::str::from_utf8(o).ok())
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match (b[i], octal) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points at or below `prefix` listed in mountinfo `text`, deepest first.
+pub fn mount_points_under(text: &str, prefix: &Path) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|f| PathBuf::from(unescape(f)))
+        .filter(|p| p.starts_with(prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+}
+
+/// Unmounts everything at or below `dir` (lazily, so a busy mount cannot block cleanup).
+pub fn unmount_under(dir: &Path) {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for p in mount_points_under(&text, dir) {
+        // Stacked mounts on one point need one unmount each.
+        while umount2(&p, MntFlags::MNT_DETACH).is_ok() {}
+    }
+}
+
+/// Unmounts everything below `dir` and removes it.
+pub fn remove_tree(dir: &Path) {
+    unmount_under(dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 0:21 / / rw - tmpfs tmpfs rw
+40 22 0:40 / /run/husk/default/p1/shared/c1/rootfs rw - overlay overlay rw
+41 40 0:41 / /run/husk/default/p1/shared/c1/rootfs/proc rw - proc proc rw
+42 22 0:42 / /run/husk/default/p10/shared rw - tmpfs tmpfs rw
+43 22 0:43 / /run/husk/default/p1/shared/c2/mounts/with\\040space rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn mount_points_below_a_prefix_deepest_first() {
+        let p = mount_points_under(MOUNTINFO, Path::new("/run/husk/default/p1"));
+        assert_eq!(
+            p,
+            vec![
+                PathBuf::from("/run/husk/default/p1/shared/c1/rootfs/proc"),
+                PathBuf::from("/run/husk/default/p1/shared/c2/mounts/with space"),
+                PathBuf::from("/run/husk/default/p1/shared/c1/rootfs"),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_rootfs_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = mount_rootfs(&[], dir.path(), &dir.path().join("t")).expect_err("missing");
+        assert!(matches!(err, MountError::MissingRootfs(_)));
+        assert!(err.to_string().contains("rootfs"), "{err}");
+        let two = RootfsMount {
+            typ: "bind".into(),
+            source: "/x".into(),
+            options: vec![],
+        };
+        assert!(matches!(
+            mount_rootfs(&[two.clone(), two], dir.path(), &dir.path().join("t")),
+            Err(MountError::TooManyMounts(2))
+        ));
+    }
+}

@@ -1,0 +1,430 @@
+//! A pod's VM: its runtime directory, virtiofsd, the VMM and the agent connection.
+//!
+//! Layout of `<state_dir>/<namespace>/<pod-id>/`:
+//!
+//! ```text
+//! shared/                 exported by virtiofsd, mounted by the guest at /run/husk/shared
+//!   <container-id>/rootfs the container's rootfs (a mount)
+//!   <container-id>/mounts host files bound in for the guest
+//! fs.sock                 virtiofsd's vhost-user socket
+//! vsock.sock              the VMM's hybrid vsock socket
+//! api.sock                the VMM's control socket
+//! console.log vmm.log virtiofsd.log
+//! vmm.pid virtiofsd.pid   for `shim delete` after a crash
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use husk_protocol::agent::CreateSandboxRequest;
+use husk_protocol::{AgentApi, AgentClient, AgentError};
+
+use crate::annotations::VmSize;
+use crate::child;
+use crate::config::Config;
+use crate::mounts;
+use crate::virtiofsd::{self, VirtiofsdError};
+use crate::vmm::{Vm, VmLauncher, VmSpec, VmmError};
+
+/// virtio-fs tag of the pod share.
+pub const SHARE_TAG: &str = "husk-share";
+/// Guest CID.
+pub const GUEST_CID: u32 = 3;
+/// Longest unix socket path (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// Kernel parameters every guest gets.
+pub const BASE_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+/// How long virtiofsd may take to create its socket.
+const VIRTIOFSD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a powered-off guest's VMM may take to exit.
+const VMM_EXIT_GRACE: Duration = Duration::from_secs(5);
+/// Bytes of console shown in boot errors.
+const CONSOLE_TAIL: usize = 2000;
+
+/// Errors creating or running a pod VM.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A configured file is missing.
+    #[error("{what} {path} does not exist (set `{key}` in the husk config, {config})")]
+    Missing {
+        /// What it is.
+        what: &'static str,
+        /// The config key.
+        key: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The config file.
+        config: &'static str,
+    },
+    /// A helper binary is not installed.
+    #[error("{0} not found next to the shim or in PATH")]
+    HelperMissing(&'static str),
+    /// The state directory path is too long for unix sockets.
+    #[error("socket path {0} is too long; use a shorter state_dir")]
+    SocketPathTooLong(PathBuf),
+    /// Filesystem error.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// virtiofsd failed.
+    #[error(transparent)]
+    Virtiofsd(#[from] VirtiofsdError),
+    /// The VMM failed.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// The VMM exited before the agent answered.
+    #[error("the VM exited during boot; console:\n{console}")]
+    VmExited {
+        /// The end of the guest console.
+        console: String,
+    },
+    /// The agent did not answer in time.
+    #[error("the guest agent did not answer within {timeout:?}; console:\n{console}")]
+    BootTimeout {
+        /// The boot timeout.
+        timeout: Duration,
+        /// The end of the guest console.
+        console: String,
+    },
+    /// An agent call failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// The files of one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPaths {
+    /// `<state_dir>/<namespace>/<pod-id>`.
+    pub dir: PathBuf,
+    /// The exported directory.
+    pub shared: PathBuf,
+    /// virtiofsd socket.
+    pub fs_socket: PathBuf,
+    /// Hybrid vsock socket.
+    pub vsock: PathBuf,
+    /// VMM control socket.
+    pub api: PathBuf,
+    /// Guest console.
+    pub console: PathBuf,
+}
+
+impl SandboxPaths {
+    /// Paths of pod `pod_id` in `namespace`.
+    pub fn new(state_dir: &Path, namespace: &str, pod_id: &str) -> SandboxPaths {
+        let dir = state_dir.join(namespace).join(pod_id);
+        SandboxPaths {
+            shared: dir.join("shared"),
+            fs_socket: dir.join("fs.sock"),
+            vsock: dir.join("vsock.sock"),
+            api: dir.join("api.sock"),
+            console: dir.join("console.log"),
+            dir,
+        }
+    }
+
+    /// Checks that every socket path (and the vsock's `_<port>` listeners) fits.
+    pub fn check(&self) -> Result<(), SandboxError> {
+        let longest = self.vsock.display().to_string().len() + "_4294967295".len();
+        if longest > MAX_SOCKET_PATH {
+            return Err(SandboxError::SocketPathTooLong(self.vsock.clone()));
+        }
+        Ok(())
+    }
+
+    /// `shared/<container-id>`.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.shared.join(id)
+    }
+
+    /// A file of the pod directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// The guest kernel command line.
+pub fn cmdline(config: &Config) -> String {
+    let mut c = BASE_CMDLINE.to_string();
+    if !config.debug_console {
+        c.push_str(" quiet");
+    }
+    if !config.kernel_params.trim().is_empty() {
+        c.push(' ');
+        c.push_str(config.kernel_params.trim());
+    }
+    c
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(CONSOLE_TAIL);
+    String::from_utf8_lossy(&text[start..]).into_owned()
+}
+
+/// A running pod VM.
+pub struct Sandbox {
+    paths: SandboxPaths,
+    vm: Box<dyn Vm>,
+    virtiofsd: Mutex<Child>,
+    agent: Arc<dyn AgentApi>,
+}
+
+/// Undoes a half-made sandbox unless disarmed.
+struct Partial<'a> {
+    paths: &'a SandboxPaths,
+    virtiofsd: Option<Child>,
+    vm: Option<Box<dyn Vm>>,
+}
+
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            vm.stop(Duration::from_millis(200));
+        }
+        if let Some(mut v) = self.virtiofsd.take() {
+            child::stop(&mut v, Duration::from_millis(200));
+        }
+        mounts::remove_tree(&self.paths.dir);
+    }
+}
+
+fn must_exist(path: &Path, what: &'static str, key: &'static str) -> Result<(), SandboxError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(SandboxError::Missing {
+            what,
+            key,
+            path: path.to_path_buf(),
+            config: crate::config::DEFAULT_CONFIG_PATH,
+        })
+    }
+}
+
+impl Sandbox {
+    /// Starts virtiofsd and the VM, waits for the agent and creates the sandbox in the
+    /// guest. On error everything started is stopped and the directory removed.
+    pub fn start(
+        config: &Config,
+        launcher: &dyn VmLauncher,
+        paths: SandboxPaths,
+        size: VmSize,
+    ) -> Result<Sandbox, SandboxError> {
+        paths.check()?;
+        must_exist(&config.kernel, "guest kernel", "kernel")?;
+        must_exist(&config.initrd, "guest initrd", "initrd")?;
+        let virtiofsd_bin = child::find_helper(&config.virtiofsd, "virtiofsd")
+            .ok_or(SandboxError::HelperMissing("virtiofsd"))?;
+        std::fs::create_dir_all(&paths.shared).map_err(|source| SandboxError::Io {
+            what: "create",
+            path: paths.shared.clone(),
+            source,
+        })?;
+        let mut partial = Partial {
+            paths: &paths,
+            virtiofsd: None,
+            vm: None,
+        };
+        let v = virtiofsd::start(
+            &virtiofsd_bin,
+            &paths.fs_socket,
+            &paths.shared,
+            &paths.file("virtiofsd.log"),
+            VIRTIOFSD_TIMEOUT,
+        )?;
+        let _ = std::fs::write(paths.file("virtiofsd.pid"), v.id().to_string());
+        partial.virtiofsd = Some(v);
+
+        let spec = VmSpec {
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            cmdline: cmdline(config),
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            vsock_socket: paths.vsock.clone(),
+            vsock_cid: GUEST_CID,
+            fs_socket: paths.fs_socket.clone(),
+            fs_tag: SHARE_TAG.to_string(),
+            api_socket: paths.api.clone(),
+            console: paths.console.clone(),
+            log: paths.file("vmm.log"),
+        };
+        let vm = launcher.launch(&spec)?;
+        let _ = std::fs::write(paths.file("vmm.pid"), vm.pid().to_string());
+        let vm = partial.vm.insert(vm);
+
+        let agent = wait_for_agent(config, &paths, vm.as_ref())?;
+        agent.create_sandbox(&CreateSandboxRequest {
+            share_tag: SHARE_TAG.to_string(),
+            ..Default::default()
+        })?;
+
+        let vm = partial.vm.take().ok_or(SandboxError::VmExited {
+            console: String::new(),
+        })?;
+        let virtiofsd = partial.virtiofsd.take().ok_or(SandboxError::VmExited {
+            console: String::new(),
+        })?;
+        drop(partial);
+        Ok(Sandbox {
+            paths,
+            vm,
+            virtiofsd: Mutex::new(virtiofsd),
+            agent: Arc::new(agent),
+        })
+    }
+
+    /// The agent client.
+    pub fn agent(&self) -> &Arc<dyn AgentApi> {
+        &self.agent
+    }
+
+    /// The pod's paths.
+    pub fn paths(&self) -> &SandboxPaths {
+        &self.paths
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &dyn Vm {
+        self.vm.as_ref()
+    }
+
+    /// Powers the guest off, stops the VMM and virtiofsd, unmounts and removes the pod
+    /// directory.
+    pub fn destroy(&self) {
+        if !self.vm.exited() {
+            if let Err(e) = self.agent.destroy_sandbox() {
+                tracing::debug!("destroy sandbox: {e}");
+            }
+        }
+        self.vm.stop(VMM_EXIT_GRACE);
+        {
+            let mut v = self.virtiofsd.lock().unwrap_or_else(|e| e.into_inner());
+            // virtiofsd exits by itself once the VMM closes the vhost-user connection.
+            if child::wait_timeout(&mut v, Duration::from_millis(500)).is_none() {
+                child::stop(&mut v, Duration::from_secs(1));
+            }
+        }
+        mounts::remove_tree(&self.paths.dir);
+    }
+}
+
+fn wait_for_agent(
+    config: &Config,
+    paths: &SandboxPaths,
+    vm: &dyn Vm,
+) -> Result<AgentClient, SandboxError> {
+    let timeout = config.boot_timeout();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if paths.vsock.exists() {
+            if let Ok(c) = AgentClient::connect_hybrid_vsock(
+                &paths.vsock,
+                Duration::from_secs(5),
+                config.agent_timeouts(),
+            ) {
+                if c.handshake().is_ok() {
+                    return Ok(c);
+                }
+            }
+        }
+        if vm.exited() {
+            return Err(SandboxError::VmExited {
+                console: tail(&paths.console),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(SandboxError::BootTimeout {
+                timeout,
+                console: tail(&paths.console),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Cleanup for `shim delete` after a crash: kills the pod's recorded helpers (if they still
+/// run) and removes its mounts and directory.
+pub fn remove_leftovers(paths: &SandboxPaths) {
+    let marker = paths.dir.display().to_string();
+    child::kill_recorded(&paths.file("vmm.pid"), &marker);
+    child::kill_recorded(&paths.file("virtiofsd.pid"), &marker);
+    mounts::remove_tree(&paths.dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_the_layout() {
+        let p = SandboxPaths::new(Path::new("/run/husk"), "default", "pod1");
+        assert_eq!(p.dir, PathBuf::from("/run/husk/default/pod1"));
+        assert_eq!(
+            p.container_dir("c1"),
+            PathBuf::from("/run/husk/default/pod1/shared/c1")
+        );
+        assert_eq!(p.vsock, PathBuf::from("/run/husk/default/pod1/vsock.sock"));
+        assert!(p.check().is_ok());
+        let long = SandboxPaths::new(Path::new(&"/x".repeat(40)), "k8s.io", &"a".repeat(64));
+        assert!(matches!(
+            long.check(),
+            Err(SandboxError::SocketPathTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn cmdline_has_reset_console_and_extra_params() {
+        let mut c = Config::default();
+        assert!(cmdline(&c).contains("reboot=k"));
+        assert!(cmdline(&c).ends_with(" quiet"));
+        c.debug_console = true;
+        c.kernel_params = " loglevel=7 ".into();
+        let line = cmdline(&c);
+        assert!(!line.contains("quiet"));
+        assert!(line.ends_with(" loglevel=7"));
+    }
+
+    struct NoVm;
+    impl VmLauncher for NoVm {
+        fn launch(&self, _: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
+            Err(VmmError::Api {
+                cmd: "launch",
+                message: "not in unit tests".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn missing_kernel_is_named_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            kernel: dir.path().join("no-vmlinux"),
+            ..Config::default()
+        };
+        let paths = SandboxPaths::new(dir.path(), "default", "p1");
+        let err = Sandbox::start(
+            &config,
+            &NoVm,
+            paths.clone(),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 128,
+            },
+        )
+        .err()
+        .expect("missing kernel");
+        assert!(err.to_string().contains("no-vmlinux"), "{err}");
+        assert!(!paths.dir.exists());
+    }
+}

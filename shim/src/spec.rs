@@ -1,0 +1,193 @@
+//! Turning the bundle's OCI spec (written by containerd for the host) into the spec the
+//! agent runs in the guest.
+//!
+//! - `root.path` becomes `rootfs`, which the agent resolves inside the pod share as
+//!   `<share>/<container-id>/rootfs`, where the shim mounted the container's rootfs.
+//! - Namespace paths are host paths (`/proc/<pid>/ns/net`, `/var/run/netns/...`) that mean
+//!   nothing in the guest: the container gets new namespaces of those types instead.
+//! - Bind mounts of host files and directories (CRI's `/etc/hosts`, `/etc/resolv.conf`,
+//!   `ctr run --mount`) are shared with the guest through the pod share: the shim binds
+//!   each source to `<share>/<container-id>/mounts/<n>` and the spec names the guest path.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespace, Mount, Spec};
+
+/// Where the agent mounts the pod share in the guest.
+pub const GUEST_SHARE: &str = "/run/husk/shared";
+
+/// Errors in the bundle's spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// config.json cannot be read.
+    #[error("read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// config.json is not an OCI spec.
+    #[error("parse {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The spec lacks something the shim needs.
+    #[error("spec: {0}")]
+    Invalid(String),
+}
+
+/// Reads `<bundle>/config.json`.
+pub fn read_bundle_spec(bundle: &Path) -> Result<Spec, SpecError> {
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|source| SpecError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| SpecError::Parse { path, source })
+}
+
+/// A host path to bind into the share for the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBind {
+    /// The host path.
+    pub source: PathBuf,
+    /// File name under `<share>/<container-id>/mounts/`.
+    pub name: String,
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// The guest spec for container `id`, and the host paths the shim must bind into the share
+/// for it.
+pub fn guest_spec(mut spec: Spec, id: &str) -> Result<(Spec, Vec<HostBind>), SpecError> {
+    if spec.process().is_none() {
+        return Err(SpecError::Invalid("no process".into()));
+    }
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_path(PathBuf::from("rootfs"));
+    spec.set_root(Some(root));
+
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(nss) = linux.namespaces().clone() {
+            let nss: Vec<LinuxNamespace> = nss
+                .into_iter()
+                .map(|mut ns| {
+                    ns.set_path(None);
+                    ns
+                })
+                .collect();
+            linux.set_namespaces(Some(nss));
+        }
+    }
+
+    let mut binds = Vec::new();
+    if let Some(mounts) = spec.mounts().clone() {
+        let mut out = Vec::with_capacity(mounts.len());
+        for mut m in mounts {
+            let host_source = m
+                .source()
+                .as_ref()
+                .filter(|s| s.is_absolute() && is_bind(&m))
+                .cloned();
+            if let Some(source) = host_source {
+                let name = binds.len().to_string();
+                m.set_source(Some(
+                    Path::new(GUEST_SHARE).join(id).join("mounts").join(&name),
+                ));
+                binds.push(HostBind { source, name });
+            }
+            out.push(m);
+        }
+        spec.set_mounts(Some(out));
+    }
+    Ok((spec, binds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> Spec {
+        serde_json::from_value(v).expect("spec")
+    }
+
+    fn base() -> serde_json::Value {
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "/run/containerd/io.containerd.runtime.v2.task/default/c1/rootfs", "readonly": true},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/pod/hosts", "options": ["rbind", "ro"]},
+                {"destination": "/data", "source": "/srv/data", "options": ["rbind"]}
+            ],
+            "linux": {"namespaces": [
+                {"type": "pid"},
+                {"type": "network", "path": "/var/run/netns/cni-1"}
+            ]}
+        })
+    }
+
+    #[test]
+    fn root_becomes_relative_and_keeps_readonly() {
+        let (s, _) = guest_spec(spec(base()), "c1").expect("guest");
+        let root = s.root().as_ref().expect("root");
+        assert_eq!(root.path(), Path::new("rootfs"));
+        assert_eq!(root.readonly(), Some(true));
+    }
+
+    #[test]
+    fn namespace_paths_are_dropped_types_kept() {
+        let (s, _) = guest_spec(spec(base()), "c1").expect("guest");
+        let nss = s.linux().as_ref().and_then(|l| l.namespaces().clone());
+        let nss = nss.expect("namespaces");
+        assert_eq!(nss.len(), 2);
+        assert!(nss.iter().all(|n| n.path().is_none()));
+    }
+
+    #[test]
+    fn host_binds_move_into_the_share() {
+        let (s, binds) = guest_spec(spec(base()), "c1").expect("guest");
+        assert_eq!(
+            binds,
+            vec![
+                HostBind {
+                    source: "/var/lib/pod/hosts".into(),
+                    name: "0".into()
+                },
+                HostBind {
+                    source: "/srv/data".into(),
+                    name: "1".into()
+                },
+            ]
+        );
+        let mounts = s.mounts().clone().expect("mounts");
+        assert_eq!(mounts[0].source().as_deref(), Some(Path::new("proc")));
+        assert_eq!(
+            mounts[1].source().as_deref(),
+            Some(Path::new("/run/husk/shared/c1/mounts/0"))
+        );
+        assert_eq!(
+            mounts[2].source().as_deref(),
+            Some(Path::new("/run/husk/shared/c1/mounts/1"))
+        );
+    }
+
+    #[test]
+    fn spec_without_process_is_refused() {
+        let err = guest_spec(spec(json!({"ociVersion": "1.0.2"})), "c1").expect_err("none");
+        assert!(err.to_string().contains("no process"), "{err}");
+    }
+}
