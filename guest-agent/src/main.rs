@@ -104,7 +104,14 @@ fn serve(
         .register_service(husk_protocol::agent_ttrpc::create_agent(service))
         .set_thread_count_max(256);
     server.start().map_err(|e| format!("serve: {e}"))?;
-    println!("husk-agent: listening on {}", opts.listen);
+    match init_t0 {
+        Some(t0) => println!(
+            "husk-agent: listening on {} ({:.1} ms after /init start)",
+            opts.listen,
+            init::boottime().saturating_sub(t0).as_secs_f64() * 1000.0
+        ),
+        None => println!("husk-agent: listening on {}", opts.listen),
+    }
     loop {
         std::thread::park();
     }

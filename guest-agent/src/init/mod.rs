@@ -197,6 +197,11 @@ pub fn setup() -> Result<(), InitError> {
     }
     mount_base()?;
     attach_console();
+    let t0 = init_t0();
+    println!(
+        "husk-agent: init mounts done ({:.1} ms after /init start)",
+        boottime().saturating_sub(t0).as_secs_f64() * 1000.0
+    );
     nix::unistd::sethostname(DEFAULT_HOSTNAME)
         .map_err(|e| InitError::Sys("sethostname".into(), e))?;
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
