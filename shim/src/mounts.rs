@@ -45,21 +45,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MountError + '_ {
 }
 
 /// Mounts the container's root filesystem at `target`: containerd's snapshot mount when
-/// given, else a bind of `<bundle>/rootfs`.
-pub fn mount_rootfs(
-    rootfs: &[RootfsMount],
-    bundle: &Path,
-    target: &Path,
-) -> Result<(), MountError> {
+/// given, else a bind of the spec's root directory `root` (already mounted by containerd,
+/// or a directory given with `ctr run --rootfs`).
+pub fn mount_rootfs(rootfs: &[RootfsMount], root: &Path, target: &Path) -> Result<(), MountError> {
+    if rootfs.is_empty() && !root.is_dir() {
+        return Err(MountError::MissingRootfs(root.to_path_buf()));
+    }
     std::fs::create_dir_all(target).map_err(io_err(target))?;
     match rootfs {
-        [] => {
-            let src = bundle.join("rootfs");
-            if !src.is_dir() {
-                return Err(MountError::MissingRootfs(src));
-            }
-            bind(&src, target)
-        }
+        [] => bind(root, target),
         [m] => {
             // The snapshot's lower directories must exist, or the mount fails obscurely.
             containerd_shim::mount::mount_rootfs(
@@ -182,8 +176,10 @@ mod tests {
     #[test]
     fn missing_rootfs_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = mount_rootfs(&[], dir.path(), &dir.path().join("t")).expect_err("missing");
+        let target = dir.path().join("t");
+        let err = mount_rootfs(&[], &dir.path().join("rootfs"), &target).expect_err("missing");
         assert!(matches!(err, MountError::MissingRootfs(_)));
+        assert!(!target.exists(), "nothing is created for a missing rootfs");
         assert!(err.to_string().contains("rootfs"), "{err}");
         let two = RootfsMount {
             typ: "bind".into(),

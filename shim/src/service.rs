@@ -179,6 +179,11 @@ impl TaskService {
                 task.id
             )));
         }
+        let root = spec::host_root(&oci, &task.bundle)?;
+        if task.rootfs.is_empty() && !root.is_dir() {
+            // Checked before a VM is started for it.
+            return Err(mounts::MountError::MissingRootfs(root).into());
+        }
         let (guest, binds) = spec::guest_spec(oci, &task.id)?;
         let json = serde_json::to_vec(&guest)
             .map_err(|e| ShimError::Internal(format!("encode spec: {e}")))?;
@@ -193,7 +198,7 @@ impl TaskService {
             e
         };
         let pid = (|| {
-            mounts::mount_rootfs(&task.rootfs, &task.bundle, &cdir.join("rootfs"))?;
+            mounts::mount_rootfs(&task.rootfs, &root, &cdir.join("rootfs"))?;
             for b in &binds {
                 mounts::bind(&b.source, &cdir.join("mounts").join(&b.name))?;
             }

@@ -52,6 +52,15 @@ pub fn read_bundle_spec(bundle: &Path) -> Result<Spec, SpecError> {
     serde_json::from_slice(&bytes).map_err(|source| SpecError::Parse { path, source })
 }
 
+/// The container's root directory on the host: `root.path`, relative to the bundle.
+pub fn host_root(spec: &Spec, bundle: &Path) -> Result<PathBuf, SpecError> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| SpecError::Invalid("no root".into()))?;
+    Ok(bundle.join(root.path()))
+}
+
 /// A host path to bind into the share for the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostBind {
@@ -146,6 +155,21 @@ mod tests {
         let root = s.root().as_ref().expect("root");
         assert_eq!(root.path(), Path::new("rootfs"));
         assert_eq!(root.readonly(), Some(true));
+    }
+
+    #[test]
+    fn host_root_is_relative_to_the_bundle() {
+        let mut v = base();
+        v["root"]["path"] = json!("rootfs");
+        let s = spec(v);
+        assert_eq!(
+            host_root(&s, Path::new("/b")).expect("root"),
+            PathBuf::from("/b/rootfs")
+        );
+        let s = spec(base());
+        assert!(host_root(&s, Path::new("/b"))
+            .expect("root")
+            .starts_with("/run/containerd"));
     }
 
     #[test]

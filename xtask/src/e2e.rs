@@ -48,6 +48,17 @@ pub(crate) fn test_host_files(
             format!("{HOST_BIN}/virtiofsd"),
         ));
     }
+    // Debian's containerd, ctr and runc, for the shim's end-to-end tests.
+    for exe in [
+        "/usr/bin/containerd",
+        "/usr/bin/ctr",
+        "/usr/bin/containerd-shim-runc-v2",
+        "/usr/sbin/runc",
+    ] {
+        if Path::new(exe).is_file() {
+            files.push(HostFile::executable(exe, exe));
+        }
+    }
     for (name, exe) in tests {
         files.push(HostFile::new(exe, format!("{HOST_TESTS}/{name}")));
     }
