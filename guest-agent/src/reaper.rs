@@ -73,11 +73,10 @@ impl Reaper {
         self.lock().watched.insert(pid);
     }
 
-    /// Drops everything about `pid`.
+    /// Stops keeping `pid`'s status for good: it is dropped [`UNCLAIMED_TTL`] after the
+    /// exit, so a waiter that is about to wake still finds it.
     pub fn forget(&self, pid: i32) {
-        let mut st = self.lock();
-        st.watched.remove(&pid);
-        st.exited.remove(&pid);
+        self.lock().watched.remove(&pid);
     }
 
     /// The exit code of `pid`, if it has exited.
@@ -135,5 +134,36 @@ impl Reaper {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_survives_until_claimed_and_briefly_after_forget() {
+        let reaper = Reaper {
+            inner: Arc::new((Mutex::new(State::default()), Condvar::new())),
+            thread: Arc::new(OnceLock::new()),
+        };
+        // Exit recorded before anybody watched the pid (the setup-process race).
+        reaper.record(42, 3);
+        reaper.watch(42);
+        assert_eq!(reaper.wait(42, Some(Duration::from_millis(10))), Some(3));
+        reaper.forget(42);
+        assert_eq!(reaper.status(42), Some(3), "still there for late waiters");
+        assert_eq!(reaper.wait(7, Some(Duration::from_millis(10))), None);
+    }
+
+    #[test]
+    fn exit_codes_like_a_shell() {
+        use nix::sys::signal::Signal;
+        let pid = Pid::from_raw(1);
+        assert_eq!(exit_code(WaitStatus::Exited(pid, 5)), Some(5));
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(pid, Signal::SIGKILL, false)),
+            Some(137)
+        );
     }
 }

@@ -237,6 +237,19 @@ fn usage(agent: &Agent, id: &str) -> u64 {
     stats.cpu.usage_usec
 }
 
+/// Whether the container's CPU usage grows by `delta` µs within a few seconds (the build
+/// machines are shared, so a busy loop may get little CPU at a time).
+fn usage_grows(agent: &Agent, id: &str, from: u64, delta: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if usage(agent, id) > from + delta {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 #[test]
 fn stats_move_and_pause_resume() {
     let agent = Agent::start();
@@ -246,21 +259,20 @@ fn stats_move_and_pause_resume() {
     }
     agent.run("busy", &spec(&["sh", "-c", "while :; do :; done"]));
     let before = usage(&agent, "busy");
-    std::thread::sleep(Duration::from_millis(300));
-    let after = usage(&agent, "busy");
-    assert!(after > before + 50_000, "cpu usage {before} -> {after}");
+    assert!(
+        usage_grows(&agent, "busy", before, 50_000),
+        "cpu usage did not move"
+    );
 
     agent.client.pause_container("busy").expect("pause");
     let p1 = usage(&agent, "busy");
     std::thread::sleep(Duration::from_millis(300));
     let p2 = usage(&agent, "busy");
-    assert!(p2 - p1 < 10_000, "usage moved while paused: {p1} -> {p2}");
+    assert!(p2 - p1 < 5_000, "usage moved while paused: {p1} -> {p2}");
     agent.client.resume_container("busy").expect("resume");
-    std::thread::sleep(Duration::from_millis(300));
-    let r = usage(&agent, "busy");
     assert!(
-        r > p2 + 50_000,
-        "usage did not move after resume: {p2} -> {r}"
+        usage_grows(&agent, "busy", p2, 50_000),
+        "usage did not move after resume"
     );
     agent.client.remove_container("busy").expect("remove");
 }
