@@ -14,6 +14,8 @@ const LEAF_AMD_SIZE_IDS: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR_BIT: u32 = 1 << 31;
+/// KVM emulates the TSC-deadline LAPIC timer but does not report it in the supported table.
+const ECX_TSC_DEADLINE_BIT: u32 = 1 << 24;
 const EDX_HTT_BIT: u32 = 1 << 28;
 /// Level types of leaf 0xB.
 const LEVEL_TYPE_SMT: u32 = 1;
@@ -29,7 +31,13 @@ fn bits_for(count: u32) -> u32 {
 }
 
 /// Adjusts `entries` (a copy of the supported CPUID) for vCPU `cpu_index` of `cpu_count`.
-pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu_index: u8, cpu_count: u8) {
+/// `tsc_deadline` says whether KVM has `KVM_CAP_TSC_DEADLINE_TIMER`.
+pub fn normalize(
+    entries: &mut [kvm_cpuid_entry2],
+    cpu_index: u8,
+    cpu_count: u8,
+    tsc_deadline: bool,
+) {
     let apic_id = u32::from(cpu_index);
     let count = u32::from(cpu_count.max(1));
     for e in entries.iter_mut() {
@@ -39,6 +47,9 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu_index: u8, cpu_count: u8)
                 // line size in 8-byte units.
                 e.ebx = (apic_id << 24) | (count << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= ECX_HYPERVISOR_BIT;
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE_BIT;
+                }
                 if count > 1 {
                     e.edx |= EDX_HTT_BIT;
                 } else {
@@ -131,11 +142,12 @@ mod tests {
     fn apic_id_and_count_per_vcpu() {
         for (idx, count) in [(0u8, 1u8), (1, 2), (3, 4), (31, 32)] {
             let mut t = table();
-            normalize(&mut t, idx, count);
+            normalize(&mut t, idx, count, true);
             let l1 = find(&t, 1, 0);
             assert_eq!(l1.ebx >> 24, u32::from(idx));
             assert_eq!((l1.ebx >> 16) & 0xff, u32::from(count));
             assert_ne!(l1.ecx & ECX_HYPERVISOR_BIT, 0);
+            assert_ne!(l1.ecx & ECX_TSC_DEADLINE_BIT, 0);
             assert_eq!(l1.edx & EDX_HTT_BIT != 0, count > 1);
             assert_eq!(find(&t, 0xb, 0).edx, u32::from(idx));
             assert_eq!(find(&t, 0xb, 1).ebx, u32::from(count));
@@ -147,7 +159,9 @@ mod tests {
     #[test]
     fn topology_levels() {
         let mut t = table();
-        normalize(&mut t, 2, 4);
+        t[1].ecx = 0;
+        normalize(&mut t, 2, 4, false);
+        assert_eq!(find(&t, 1, 0).ecx & ECX_TSC_DEADLINE_BIT, 0);
         let smt = find(&t, 0xb, 0);
         assert_eq!(
             (smt.eax, smt.ebx, (smt.ecx >> 8) & 0xff),

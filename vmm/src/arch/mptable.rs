@@ -68,13 +68,14 @@ pub fn build(base: u64, num_cpus: u8) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(&[MP_IOAPIC, ioapic_id, IOAPIC_VERSION, MPC_APIC_USABLE]);
     entries.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
     count += 1;
+    // Every IOAPIC pin is an ordinary ISA interrupt, identity mapped (the timer included:
+    // the kernel then routes IRQ0 through the IOAPIC).
     for irq in 0..IOAPIC_PINS {
-        let kind = if irq == 0 { MP_IRQ_EXTINT } else { MP_IRQ_INT };
-        entries.extend_from_slice(&[MP_INTSRC, kind, 0, 0, 0, irq, ioapic_id, irq]);
+        entries.extend_from_slice(&[MP_INTSRC, MP_IRQ_INT, 0, 0, 0, irq, ioapic_id, irq]);
         count += 1;
     }
-    // Local interrupts: LINT0 = ExtINT, LINT1 = NMI, on all local APICs (0xff).
-    entries.extend_from_slice(&[MP_LINTSRC, MP_IRQ_EXTINT, 0, 0, 0, 0, 0xff, 0]);
+    // Local interrupts: LINT0 = ExtINT on the BSP, LINT1 = NMI on all local APICs (0xff).
+    entries.extend_from_slice(&[MP_LINTSRC, MP_IRQ_EXTINT, 0, 0, 0, 0, 0, 0]);
     entries.extend_from_slice(&[MP_LINTSRC, MP_IRQ_NMI, 0, 0, 0, 0, 0xff, 1]);
     count += 2;
 

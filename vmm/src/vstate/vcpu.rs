@@ -39,6 +39,7 @@ impl Vcpu {
         entry: u64,
         base_cpuid: &CpuId,
     ) -> Result<Self, VcpuError> {
+        let tsc_deadline = vm.fd().check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         let err = |what, e| VcpuError::Ioctl(id, what, e);
         let fd = vm
             .fd()
@@ -46,7 +47,7 @@ impl Vcpu {
             .map_err(|e| err("KVM_CREATE_VCPU", e))?;
 
         let mut cpuid = base_cpuid.clone();
-        cpuid::normalize(cpuid.as_mut_slice(), id, count);
+        cpuid::normalize(cpuid.as_mut_slice(), id, count, tsc_deadline);
         fd.set_cpuid2(&cpuid)
             .map_err(|e| err("KVM_SET_CPUID2", e))?;
 
@@ -112,7 +113,11 @@ impl Vcpu {
                     metrics.exits_hlt.fetch_add(1, Ordering::Relaxed);
                     None
                 }
-                Ok(VcpuExit::Shutdown) => Some(ExitReason::GuestReset),
+                Ok(VcpuExit::Shutdown) => {
+                    // Triple fault: also how `reboot=k` ends if the i8042 reset lost the race.
+                    tracing::info!("vCPU {}: shutdown (triple fault)", self.id);
+                    Some(ExitReason::GuestReset)
+                }
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                     KVM_SYSTEM_EVENT_RESET | KVM_SYSTEM_EVENT_SHUTDOWN => {
                         Some(ExitReason::GuestReset)
