@@ -82,6 +82,11 @@ fn busybox(env: &Env) -> PathBuf {
 
 /// `<share>/<id>/{config.json, rootfs}` with a busybox rootfs.
 fn bundle(env: &Env, share: &Path, id: &str, args: &[&str]) {
+    bundle_with(env, share, id, args, &[]);
+}
+
+/// Like [`bundle`], with extra OCI mounts.
+fn bundle_with(env: &Env, share: &Path, id: &str, args: &[&str], extra: &[serde_json::Value]) {
     let rootfs = share.join(id).join("rootfs");
     for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
         std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
@@ -114,6 +119,10 @@ fn bundle(env: &Env, share: &Path, id: &str, args: &[&str]) {
             "resources": {"pids": {"limit": 64}}
         }
     });
+    let mut spec = spec;
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.extend(extra.iter().cloned());
+    }
     std::fs::write(share.join(id).join("config.json"), spec.to_string()).expect("config");
 }
 
@@ -242,15 +251,18 @@ fn read_all(client: &AgentClient, id: &str, exec_id: &str, stderr: bool) -> Vec<
 fn agent_runs_container_from_virtio_fs_and_powers_off() {
     let (env, _g) = need_env!();
     let share = env.work.join("share");
-    bundle(
+    // The guest's resolv.conf (written by CreateSandbox) is bind-mounted in.
+    bundle_with(
         &env,
         &share,
         "c1",
         &[
             "sh",
             "-c",
-            "echo hello from $(hostname); cat /marker; echo oops >&2; exit 3",
+            "echo hello from $(hostname); cat /marker; cat /etc/resolv.conf; echo oops >&2; exit 3",
         ],
+        &[json!({"destination": "/etc/resolv.conf", "type": "bind",
+                 "source": "/etc/resolv.conf", "options": ["rbind", "ro"]})],
     );
     bundle(&env, &share, "c2", &["cat"]);
     let (mut sb, vsock) = Sandbox::start(&env, "run", &share);
@@ -290,7 +302,7 @@ fn agent_runs_container_from_virtio_fs_and_powers_off() {
         .expect("wait c1");
     assert_eq!(
         String::from_utf8_lossy(&out),
-        "hello from c1\nover virtio-fs\n"
+        "hello from c1\nover virtio-fs\nnameserver 10.0.2.3\n"
     );
     assert_eq!(String::from_utf8_lossy(&err), "oops\n");
     assert_eq!(st.exit_status, 3);
@@ -308,6 +320,21 @@ fn agent_runs_container_from_virtio_fs_and_powers_off() {
                 .write_stdin("c2", "", &data[off..(off + 65536).min(data.len())])
                 .expect("stdin");
         }
+        // An exec into the running container sees its root (over virtio-fs).
+        let process = json!({"args": ["sh", "-c", "echo exec in $(hostname); cat /marker"],
+                             "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+        client
+            .exec_process("c2", "e1", process.to_string().as_bytes())
+            .expect("exec");
+        let exec_out = read_all(&client, "c2", "e1", false);
+        let st = client
+            .wait_process("c2", "e1", Some(Duration::from_secs(120)))
+            .expect("wait exec");
+        assert_eq!(st.exit_status, 0);
+        assert_eq!(
+            String::from_utf8_lossy(&exec_out),
+            "exec in c2\nover virtio-fs\n"
+        );
         let stats = client.container_stats("c2").expect("stats");
         assert_eq!(stats.pids.limit, 64);
         assert!(stats.pids.current >= 1);
