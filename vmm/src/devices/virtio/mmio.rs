@@ -266,7 +266,7 @@ impl BusDevice for MmioTransport {
             locked(&self.device).read_config(offset - CONFIG_SPACE_OFFSET, data);
             return;
         }
-        if data.len() == 4 && offset % 4 == 0 {
+        if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
         } else {
             data.fill(0);
@@ -281,7 +281,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         if let Ok(bytes) = <[u8; 4]>::try_from(data) {
-            if offset % 4 == 0 {
+            if offset.is_multiple_of(4) {
                 self.write_reg(offset, u32::from_le_bytes(bytes));
             }
         }
