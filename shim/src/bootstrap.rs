@@ -227,8 +227,13 @@ pub fn serve(flags: &Flags) -> Result<(), BootError> {
     if let Some(dir) = Path::new(&path).parent() {
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
     }
+    // `Wait` calls block a worker each (one per process containerd waits on), so the pool
+    // must be able to grow well past ttrpc's default of five.
     let mut server = Server::new()
         .bind(&flags.socket)?
+        .set_thread_count_min(2)
+        .set_thread_count_default(4)
+        .set_thread_count_max(256)
         .register_service(task_methods(&handler));
     server.start()?;
     // Tell `start` we are listening: our stdout is its pipe.
