@@ -131,13 +131,17 @@ fn main() {
             init::power_off(&format!("fatal: init: {e}"));
         }
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HUSK_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    // A plain level unless HUSK_AGENT_LOG asks for a filter (parsing one costs boot time).
+    let _ = match tracing_subscriber::EnvFilter::try_from_env("HUSK_AGENT_LOG") {
+        Ok(filter) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        Err(_) => tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
     // As PID 1 the kernel passes its unknown cmdline words as arguments: ignore them.
     let opts = if pid1 {
         parse_args(&[]).map_err(|e| e.to_string())

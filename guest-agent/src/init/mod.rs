@@ -4,7 +4,6 @@
 
 pub mod switch_root;
 
-use std::ffi::CString;
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -105,8 +104,8 @@ fn attach_console() {
     }
 }
 
-/// Environment variable carrying the boot-clock time at which /init first started, so the
-/// re-exec after the root switch still knows it.
+/// Environment variable carrying the boot-clock time at which /init first started (kept
+/// for a re-exec; set on the first call of [`init_t0`]).
 pub const INIT_T0_ENV: &str = "HUSK_INIT_T0_NS";
 
 /// Time since boot (CLOCK_BOOTTIME).
@@ -156,9 +155,8 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// Everything PID 1 does before serving. When `/` is still the initramfs it moves the root
-/// to a tmpfs and re-execs itself from there (so this runs twice; the second time the
-/// root is already moved).
+/// Everything PID 1 does before serving. When `/` is still the initramfs it first moves the
+/// root to a tmpfs.
 pub fn setup() -> Result<(), InitError> {
     fs::create_dir_all("/proc").map_err(|e| InitError::Io("mkdir /proc".into(), e))?;
     match mount(
@@ -175,25 +173,7 @@ pub fn setup() -> Result<(), InitError> {
         let exe = fs::read_link("/proc/self/exe")
             .map_err(|e| InitError::Io("readlink /proc/self/exe".into(), e))?;
         nix::mount::umount("/proc").map_err(|e| InitError::Sys("umount /proc".into(), e))?;
-        switch_root::move_root_to_tmpfs()?;
-        let exe = CString::new(exe.as_os_str().as_encoded_bytes())
-            .map_err(|_| InitError::Sys("exe path".into(), Errno::EINVAL))?;
-        let args: Vec<CString> = std::env::args_os()
-            .filter_map(|a| CString::new(a.as_encoded_bytes()).ok())
-            .collect();
-        let env: Vec<CString> = std::env::vars_os()
-            .filter_map(|(k, v)| {
-                let mut kv = k.as_encoded_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_encoded_bytes());
-                CString::new(kv).ok()
-            })
-            .collect();
-        let err = nix::unistd::execve(&exe, &args, &env);
-        return Err(InitError::Sys(
-            "re-exec from the new root".into(),
-            err.err().unwrap_or(Errno::EINVAL),
-        ));
+        switch_root::move_root_to_tmpfs(&exe)?;
     }
     mount_base()?;
     attach_console();

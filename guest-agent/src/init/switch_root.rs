@@ -1,6 +1,11 @@
 //! Moving the guest's root off the initramfs onto a tmpfs (switch_root style), because
 //! `pivot_root(2)` refuses to pivot away from the initramfs (design §5) and containers
 //! want pivot_root.
+//!
+//! The agent binary itself is neither copied nor deleted: copying megabytes is the
+//! slowest part of a boot under emulation, and the running agent keeps reaching its own
+//! image through `/proc/self/exe` (which is how it starts setup processes) even once the
+//! initramfs is hidden below the new root. Everything else is copied and then freed.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -71,9 +76,9 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), InitError> {
     Ok(())
 }
 
-/// Copies the initramfs into a tmpfs, frees the initramfs files and makes the tmpfs the
-/// root (`MS_MOVE` onto `/` + `chroot`). The caller re-execs itself from the new root.
-pub fn move_root_to_tmpfs() -> Result<(), InitError> {
+/// Copies the initramfs (except `keep`, the agent's own binary) into a tmpfs, frees the
+/// copied files and makes the tmpfs the root (`MS_MOVE` onto `/` + `chroot`).
+pub fn move_root_to_tmpfs(keep: &Path) -> Result<(), InitError> {
     let new_root = Path::new(NEW_ROOT);
     fs::create_dir_all(new_root).map_err(io(format!("mkdir {NEW_ROOT}")))?;
     mount(
@@ -90,10 +95,10 @@ pub fn move_root_to_tmpfs() -> Result<(), InitError> {
         let Some(name_str) = name.to_str() else {
             continue;
         };
-        if format!("/{name_str}") == NEW_ROOT {
+        let src = entry.path();
+        if src == new_root || src == keep {
             continue;
         }
-        let src = entry.path();
         let dst = new_root.join(&name);
         if SKIP.contains(&name_str) {
             fs::create_dir_all(&dst).map_err(io(format!("mkdir {dst:?}")))?;
