@@ -6,7 +6,6 @@
 //! Each container gets its own husk VM. Run with `cargo xtask e2e shim`; without
 //! HUSK_KERNEL or without containerd/ctr in PATH the tests are skipped with a message.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -32,6 +31,43 @@ struct Daemon {
     env: Env,
     sock: PathBuf,
     _child: Child,
+}
+
+/// Longest a single `ctr` command may take (nested VMs are slow).
+const CTR_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Runs `cmd` (stdin as configured), killing it after `timeout`.
+fn output_within(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -254,7 +290,18 @@ impl Daemon {
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_cmd(args).output().expect("run ctr")
+        let started = Instant::now();
+        let out = output_within(self.ctr_cmd(args), CTR_TIMEOUT);
+        eprintln!(
+            "[{:>6.1} s] ctr {} -> {:?}",
+            started.elapsed().as_secs_f64(),
+            args.join(" "),
+            out.status.code()
+        );
+        if out.status.code().is_none() {
+            eprintln!("ctr timed out:\n{}", self.explain(&out));
+        }
+        out
     }
 
     fn ctr_ok(&self, args: &[&str]) -> String {
@@ -274,21 +321,14 @@ impl Daemon {
 
     fn explain(&self, out: &Output) -> String {
         let log = std::fs::read_to_string(self.env.work.join("containerd.log")).unwrap_or_default();
-        let tail: String = log
-            .lines()
-            .filter(|l| l.contains("husk") || l.contains("level=error"))
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
         let consoles = sh(&format!(
-            "for f in {STATE_DIR}/*/*/console.log; do [ -f \"$f\" ] && tail -c 1500 \"$f\"; done; true"
+            "for f in {STATE_DIR}/*/*/*.log; do [ -f \"$f\" ] && echo \"== $f\" && tail -c 1500 \"$f\"; done; \
+             ps -o pid,args 2>/dev/null | grep -E 'husk|virtiofsd|shim|ctr' ; true"
         ));
         format!(
-            "status {:?}\nstdout: {}\nstderr: {}\ncontainerd log (husk lines):\n{tail}\nconsoles:\n{consoles}",
+            "status {:?}\nstdout: {}\nstderr: {}\ncontainerd log:\n{tail}\npod logs:\n{consoles}",
             out.status.code(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -345,12 +385,19 @@ fn assert_nothing_left(d: &Daemon, what: &str) {
             .flatten()
             .map(|e| e.path().display().to_string())
             .collect();
-        if procs.is_empty() && mounts.is_empty() && dirs.is_empty() {
+        let sockets: Vec<String> = std::fs::read_dir("/run/containerd/s")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().display().to_string())
+            .collect();
+        if procs.is_empty() && mounts.is_empty() && dirs.is_empty() && sockets.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: left behind: processes {procs:?} mounts {mounts:?} dirs {dirs:?}\n{}",
+            "{what}: left behind: processes {procs:?} mounts {mounts:?} dirs {dirs:?} \
+             sockets {sockets:?}\n{}",
             d.explain(&d.ctr(&["task", "ls"]))
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -390,30 +437,20 @@ fn shim_runs_containers_in_vms() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 
     // Piped stdin, with output that must all arrive.
-    let mut child = d
-        .ctr_cmd(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "stdin",
-            "wc",
-            "-c",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ctr run");
-    let data = vec![b'x'; 300_000];
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&data)
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait ctr");
+    let input = d.env.work.join("stdin.data");
+    std::fs::write(&input, vec![b'x'; 300_000]).expect("stdin data");
+    let mut cmd = d.ctr_cmd(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "stdin",
+        "wc",
+        "-c",
+    ]);
+    cmd.stdin(std::fs::File::open(&input).expect("open stdin data"));
+    let out = output_within(cmd, CTR_TIMEOUT);
     assert!(out.status.success(), "stdin: {}", d.explain(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "300000");
     let out = d.run(
@@ -517,6 +554,52 @@ fn shim_task_commands() {
     d.ctr_ok(&["task", "rm", id]);
     d.ctr_ok(&["container", "rm", id]);
     assert_nothing_left(d, "after kill");
+
+    // A shim that dies: its VM dies with it, and `shim delete` removes the rest.
+    let id = "crash";
+    d.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    d.wait_status(id, "RUNNING");
+    let shim = shim_pid(id).expect("shim process of the crash container");
+    sh(&format!("kill -9 {shim}"));
+    // containerd notices the dead shim: the task stops or disappears.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ls = d.ctr_ok(&["task", "ls"]);
+        let line = ls.lines().find(|l| l.split_whitespace().next() == Some(id));
+        if line.is_none_or(|l| l.contains("STOPPED")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task survived its shim: {ls}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = d.ctr(&["task", "rm", id]);
+    d.ctr_ok(&["container", "rm", id]);
+    assert_nothing_left(d, "after a shim crash");
+}
+
+/// The pid of the husk shim serving container `id`.
+fn shim_pid(id: &str) -> Option<String> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_shim = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"containerd-shim-husk-v2"));
+        let serves = args
+            .windows(2)
+            .any(|w| w[0] == b"-id" && w[1] == id.as_bytes());
+        let is_server = args.iter().any(|a| *a == b"-socket");
+        (is_shim && serves && is_server).then(|| e.file_name().to_string_lossy().into_owned())
+    })
 }
 
 #[test]

@@ -95,6 +95,8 @@ fn socket_path(address: &str) -> &str {
 
 /// `start`: returns the address of the shim serving this container.
 pub fn start(flags: &Flags) -> Result<String, BootError> {
+    // A broken config is reported here, where containerd shows our stderr.
+    Config::load()?;
     let bundle = bundle_dir(flags)?;
     let role = role_of(&bundle)?;
     let grouping = role.pod_id(&flags.id).to_string();
@@ -245,9 +247,10 @@ pub fn serve(flags: &Flags) -> Result<(), BootError> {
     exit.wait();
     tracing::info!("husk shim shutting down");
     svc.shutdown_all();
-    server.shutdown();
     let _ = std::fs::remove_file(&path);
-    Ok(())
+    // Not `server.shutdown()`: it joins every connection thread, and a handler blocked on
+    // a guest that is gone would keep the shim (and containerd's caller) waiting forever.
+    std::process::exit(0);
 }
 
 #[cfg(test)]

@@ -71,21 +71,35 @@ impl TaskEvent {
 pub trait EventSink: Send + Sync {
     /// Queues an event.
     fn publish(&self, event: TaskEvent);
+    /// Waits until every queued event was sent (before the shim exits).
+    fn flush(&self) {}
+}
+
+enum Msg {
+    Event(TaskEvent),
+    Flush(Sender<()>),
 }
 
 /// Publishes to containerd over its TTRPC events service.
 pub struct RemoteEvents {
-    tx: Mutex<Sender<TaskEvent>>,
+    tx: Mutex<Sender<Msg>>,
 }
 
 impl RemoteEvents {
     /// Starts the publisher thread for `namespace`.
     pub fn start(publisher: RemotePublisher, namespace: String) -> std::io::Result<Self> {
-        let (tx, rx) = channel::<TaskEvent>();
+        let (tx, rx) = channel::<Msg>();
         std::thread::Builder::new()
             .name("husk-events".into())
             .spawn(move || {
-                for ev in rx {
+                for msg in rx {
+                    let ev = match msg {
+                        Msg::Event(ev) => ev,
+                        Msg::Flush(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                    };
                     let topic = ev.topic();
                     if let Err(e) =
                         publisher.publish(Context::default(), topic, &namespace, ev.into_message())
@@ -105,7 +119,19 @@ impl EventSink for RemoteEvents {
             .tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send(event);
+            .send(Msg::Event(event));
+    }
+
+    fn flush(&self) {
+        let (done, wait) = channel();
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Msg::Flush(done));
+        if sent.is_ok() {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(5));
+        }
     }
 }
 

@@ -165,6 +165,7 @@ impl TaskService {
             c.init.drop_relay();
         }
         self.destroy_pod();
+        self.events.flush();
     }
 
     fn do_create(&self, req: &CreateTaskRequest) -> Result<CreateTaskResponse> {
