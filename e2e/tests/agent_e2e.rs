@@ -291,6 +291,10 @@ fn agent_runs_container_from_virtio_fs_and_powers_off() {
             ..Default::default()
         })
         .expect("create sandbox");
+    let again = client
+        .create_sandbox(&Default::default())
+        .expect_err("second sandbox");
+    assert_eq!(again.kind(), Some(husk_protocol::ErrorKind::AlreadyExists));
 
     // Spec read from the share (empty spec_json), rootfs over virtio-fs.
     client.create_container("c1", b"").expect("create c1");
@@ -337,6 +341,9 @@ fn agent_runs_container_from_virtio_fs_and_powers_off() {
         );
         let stats = client.container_stats("c2").expect("stats");
         assert_eq!(stats.pids.limit, 64);
+        assert!(stats.memory.current > 0, "memory controller in the guest");
+        client.pause_container("c2").expect("pause");
+        client.resume_container("c2").expect("resume");
         assert!(stats.pids.current >= 1);
         client.close_stdin("c2", "").expect("close stdin");
         reader.join().expect("reader")

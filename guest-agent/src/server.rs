@@ -36,6 +36,7 @@ pub struct Service {
     started: Instant,
     init_t0: Option<Duration>,
     first_health: AtomicBool,
+    sandbox_created: AtomicBool,
 }
 
 type R<T> = ttrpc::Result<T>;
@@ -69,6 +70,7 @@ impl Service {
             started,
             init_t0,
             first_health: AtomicBool::new(true),
+            sandbox_created: AtomicBool::new(false),
         }
     }
 }
@@ -110,8 +112,14 @@ impl Agent for Service {
     }
 
     fn create_sandbox(&self, _ctx: &TtrpcContext, req: CreateSandboxRequest) -> R<Empty> {
+        if self.sandbox_created.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyExists("sandbox".into()).into());
+        }
         if self.mode == Mode::Guest {
-            sandbox::apply(&req, self.runtime.share())?;
+            if let Err(e) = sandbox::apply(&req, self.runtime.share()) {
+                self.sandbox_created.store(false, Ordering::SeqCst);
+                return Err(e.into());
+            }
         }
         Ok(Empty::default())
     }
