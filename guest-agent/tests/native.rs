@@ -553,3 +553,39 @@ fn exec_into_paused_container_is_refused_and_update_applies() {
     assert_eq!(err.kind(), Some(ErrorKind::InvalidArgument));
     agent.client.remove_container("paused").expect("remove");
 }
+
+#[test]
+fn parallel_execs_each_get_their_own_output_and_status() {
+    let agent = Agent::start();
+    agent.run("par", &spec(&["sleep", "1000"]));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let agent = &agent;
+                s.spawn(move || {
+                    let exec_id = format!("e{i}");
+                    let process = json!({
+                        "args": ["sh", "-c", format!("echo exec {i}; exit {i}")],
+                        "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}
+                    });
+                    agent
+                        .client
+                        .exec_process("par", &exec_id, process.to_string().as_bytes())
+                        .expect("exec");
+                    let (out, _) = agent.drain("par", &exec_id);
+                    let st = agent
+                        .client
+                        .wait_process("par", &exec_id, WAIT)
+                        .expect("wait");
+                    (i, text(&out), st.exit_status)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (i, out, code) = h.join().expect("exec thread");
+            assert_eq!(out, format!("exec {i}\n"));
+            assert_eq!(code, i);
+        }
+    });
+    agent.client.remove_container("par").expect("remove");
+}

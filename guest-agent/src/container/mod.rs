@@ -47,6 +47,8 @@ pub struct Container {
     init: Arc<ProcessEntry>,
     state: Mutex<State>,
     execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
+    /// Exec ids being launched (reserved, so the map's lock is not held meanwhile).
+    launching: Mutex<HashSet<String>>,
 }
 
 /// Where things are.
@@ -192,6 +194,7 @@ impl Runtime {
             init: Arc::new(ProcessEntry { pid, io }),
             state: Mutex::new(State::Created(launched.start)),
             execs: Mutex::new(HashMap::new()),
+            launching: Mutex::new(HashSet::new()),
         };
         lock(&self.containers).insert(id.to_string(), Arc::new(container));
         tracing::info!(id, pid, "container created");
@@ -237,10 +240,21 @@ impl Runtime {
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(Error::InvalidArgument("process has no args".into()));
         }
-        let mut execs = lock(&c.execs);
-        if execs.contains_key(exec_id) {
-            return Err(Error::AlreadyExists(exec_id.to_string()));
+        {
+            let execs = lock(&c.execs);
+            if execs.contains_key(exec_id) || !lock(&c.launching).insert(exec_id.to_string()) {
+                return Err(Error::AlreadyExists(exec_id.to_string()));
+            }
         }
+        let result = self.launch_exec(&c, &process);
+        lock(&c.launching).remove(exec_id);
+        let entry = result?;
+        let pid = entry.pid;
+        lock(&c.execs).insert(exec_id.to_string(), Arc::new(entry));
+        Ok(u32::try_from(pid).unwrap_or(0))
+    }
+
+    fn launch_exec(&self, c: &Container, process: &OciProcess) -> Result<ProcessEntry> {
         let cfg = LaunchConfig {
             mode: LaunchMode::Exec {
                 init_pid: c.init.pid,
@@ -256,9 +270,10 @@ impl Runtime {
             .start
             .write_all(&[1])
             .map_err(|e| Error::io("start exec", e))?;
-        let pid = launched.pid;
-        execs.insert(exec_id.to_string(), Arc::new(ProcessEntry { pid, io }));
-        Ok(u32::try_from(pid).unwrap_or(0))
+        Ok(ProcessEntry {
+            pid: launched.pid,
+            io,
+        })
     }
 
     /// Sends a signal to one process, or to all processes of the container.
