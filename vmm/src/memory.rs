@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::FromRawFd;
 
-use vm_memory::{FileOffset, GuestAddress};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::memory_regions;
 
@@ -55,7 +55,19 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
             r
         })
         .collect();
-    Ok(GuestMemoryMmap::from_ranges_with_files(ranges)?)
+    let mem = GuestMemoryMmap::from_ranges_with_files(ranges)?;
+    for region in mem.iter() {
+        // SAFETY: the range is exactly one mapping owned by `mem`; MADV_HUGEPAGE only changes
+        // how the kernel backs it. Ignored (EINVAL) where shmem THP is unavailable.
+        unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+    }
+    Ok(mem)
 }
 
 /// Test helper: guest memory of `size` bytes with the production layout.
@@ -67,7 +79,7 @@ pub fn anonymous_memory(size: u64) -> GuestMemoryMmap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::Bytes;
 
     #[test]
     fn memory_is_file_backed_and_shared() {
