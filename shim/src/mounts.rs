@@ -54,22 +54,92 @@ pub fn mount_rootfs(rootfs: &[RootfsMount], root: &Path, target: &Path) -> Resul
     std::fs::create_dir_all(target).map_err(io_err(target))?;
     match rootfs {
         [] => bind(root, target),
-        [m] => {
-            // The snapshot's lower directories must exist, or the mount fails obscurely.
-            containerd_shim::mount::mount_rootfs(
-                Some(m.typ.as_str()),
-                Some(m.source.as_str()),
-                &m.options,
-                target,
-            )
-            .map_err(|e| MountError::Mount {
-                what: format!("{} {}", m.typ, m.source),
-                target: target.to_path_buf(),
-                message: e.to_string(),
-            })
-        }
+        [m] => mount_snapshot(m, target),
         many => Err(MountError::TooManyMounts(many.len())),
     }
+}
+
+/// Mount options that are flags (`(set, clear)`); the others go to the filesystem as data.
+fn option_flag(opt: &str) -> Option<(MsFlags, MsFlags)> {
+    let set = |f| Some((f, MsFlags::empty()));
+    let clear = |f| Some((MsFlags::empty(), f));
+    match opt {
+        "ro" => set(MsFlags::MS_RDONLY),
+        "rw" => clear(MsFlags::MS_RDONLY),
+        "bind" => set(MsFlags::MS_BIND),
+        "rbind" => set(MsFlags::MS_BIND | MsFlags::MS_REC),
+        "nosuid" => set(MsFlags::MS_NOSUID),
+        "suid" => clear(MsFlags::MS_NOSUID),
+        "nodev" => set(MsFlags::MS_NODEV),
+        "dev" => clear(MsFlags::MS_NODEV),
+        "noexec" => set(MsFlags::MS_NOEXEC),
+        "exec" => clear(MsFlags::MS_NOEXEC),
+        "sync" => set(MsFlags::MS_SYNCHRONOUS),
+        "async" => clear(MsFlags::MS_SYNCHRONOUS),
+        "noatime" => set(MsFlags::MS_NOATIME),
+        "atime" => clear(MsFlags::MS_NOATIME),
+        "nodiratime" => set(MsFlags::MS_NODIRATIME),
+        "relatime" => set(MsFlags::MS_RELATIME),
+        "strictatime" => set(MsFlags::MS_STRICTATIME),
+        "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable"
+        | "runbindable" => Some((MsFlags::empty(), MsFlags::empty())),
+        _ => None,
+    }
+}
+
+/// Splits OCI/containerd mount options into mount flags and filesystem data.
+pub fn parse_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match option_flag(o) {
+            Some((set, clear)) => {
+                flags.remove(clear);
+                flags.insert(set);
+            }
+            None => data.push(o.as_str()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// Mounts one snapshot mount (`overlay`, `bind`, ...) at `target`, in this process:
+/// no helper process, so no child to reap.
+fn mount_snapshot(m: &RootfsMount, target: &Path) -> Result<(), MountError> {
+    let (flags, data) = parse_options(&m.options);
+    let err = |e: nix::Error| MountError::Mount {
+        what: format!("{} {}", m.typ, m.source),
+        target: target.to_path_buf(),
+        message: e.to_string(),
+    };
+    let is_bind = flags.contains(MsFlags::MS_BIND) || m.typ == "bind";
+    let fstype = (!is_bind).then_some(m.typ.as_str());
+    let data = (!data.is_empty() && !is_bind).then_some(data.as_str());
+    mount(
+        Some(m.source.as_str()),
+        target,
+        fstype,
+        flags
+            | if is_bind {
+                MsFlags::MS_BIND
+            } else {
+                MsFlags::empty()
+            },
+        data,
+    )
+    .map_err(err)?;
+    if is_bind && flags.contains(MsFlags::MS_RDONLY) {
+        // A bind mount ignores MS_RDONLY until remounted.
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Bind-mounts `source` (file or directory) on `target`, creating the mount point.
@@ -174,6 +244,25 @@ mod tests {
     }
 
     #[test]
+    fn options_split_into_flags_and_data() {
+        let opts: Vec<String> = [
+            "rbind",
+            "ro",
+            "nosuid",
+            "lowerdir=/a:/b",
+            "upperdir=/u",
+            "rw",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (flags, data) = parse_options(&opts);
+        assert!(flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NOSUID));
+        assert!(!flags.contains(MsFlags::MS_RDONLY), "a later rw clears ro");
+        assert_eq!(data, "lowerdir=/a:/b,upperdir=/u");
+    }
+
+    #[test]
     fn missing_rootfs_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = dir.path().join("t");
@@ -190,5 +279,42 @@ mod tests {
             mount_rootfs(&[two.clone(), two], dir.path(), &dir.path().join("t")),
             Err(MountError::TooManyMounts(2))
         ));
+    }
+}
+
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn snapshot_bind_mount_is_made_and_removed_in_process() {
+        if !is_root() {
+            eprintln!("skipping: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("snap");
+        std::fs::create_dir_all(&src).expect("src");
+        std::fs::write(src.join("marker"), "x").expect("marker");
+        let pod = dir.path().join("pod");
+        let target = pod.join("shared/c1/rootfs");
+        let m = RootfsMount {
+            typ: "bind".into(),
+            source: src.display().to_string(),
+            options: vec!["rbind".into(), "ro".into()],
+        };
+        mount_rootfs(&[m], Path::new("/nonexistent"), &target).expect("mount");
+        assert!(target.join("marker").exists());
+        assert!(
+            std::fs::write(target.join("new"), "y").is_err(),
+            "read-only bind"
+        );
+        remove_tree(&pod);
+        assert!(!pod.exists());
+        assert!(src.join("marker").exists(), "the source is untouched");
     }
 }
