@@ -255,6 +255,18 @@ impl Drop for Vm {
     }
 }
 
+/// A helper process killed when the test ends, even by a panic.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn field(line: &str, key: &str) -> u64 {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
@@ -464,7 +476,7 @@ fn vmm_virtio_fs_with_virtiofsd() {
     let input = pattern(300 * 1024 + 17, 0xfeed_beef);
     std::fs::write(share.join("input.bin"), &input).unwrap();
     let sock = dir.join("fs.sock");
-    let mut virtiofsd = Command::new(env.bin_dir.join("virtiofsd"))
+    let virtiofsd = Command::new(env.bin_dir.join("virtiofsd"))
         .arg(format!("--socket-path={}", sock.display()))
         .arg(format!("--shared-dir={}", share.display()))
         .arg("--sandbox=none")
@@ -472,6 +484,7 @@ fn vmm_virtio_fs_with_virtiofsd() {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn virtiofsd");
+    let mut virtiofsd = KillOnDrop(virtiofsd);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sock.exists() {
         assert!(Instant::now() < deadline, "virtiofsd socket never appeared");
@@ -498,14 +511,13 @@ fn vmm_virtio_fs_with_virtiofsd() {
     );
     // virtiofsd exits when its frontend goes away.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while virtiofsd.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = virtiofsd.kill();
-            break;
-        }
+    while virtiofsd.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "virtiofsd still running after the VM ended"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = virtiofsd.wait();
 }
 
 fn last_tick(text: &str) -> Option<u64> {
