@@ -37,6 +37,11 @@ pub fn args(socket: &Path, shared: &Path) -> Vec<String> {
         format!("--shared-dir={}", shared.display()),
         "--sandbox=none".into(),
         "--cache=auto".into(),
+        // Container rootfs directories are mounts below the shared directory. Classic
+        // O_PATH inode tracking and no guest-side submounts make them plain directories
+        // to the guest (file handles + announced submounts gave the guest ESTALE on them).
+        "--inode-file-handles=never".into(),
+        "--no-announce-submounts".into(),
     ]
 }
 
@@ -93,6 +98,7 @@ mod tests {
         assert!(a.contains(&"--socket-path=/s/fs.sock".to_string()));
         assert!(a.contains(&"--shared-dir=/s/shared".to_string()));
         assert!(a.contains(&"--sandbox=none".to_string()));
+        assert!(a.contains(&"--no-announce-submounts".to_string()));
     }
 
     #[test]
