@@ -321,8 +321,9 @@ fn vmm_boot_time_median_of_five_and_overhead() {
     for i in 0..5 {
         eprintln!("boot {i}");
         let mut vm = Vm::start(&env, &format!("bench{i}"), VmOpts::default());
-        let (_, seen) = vm.wait_line("PROBE start", BOOT_TIMEOUT);
+        let (line, seen) = vm.wait_line("PROBE start", BOOT_TIMEOUT);
         times.push(seen - vm.started);
+        eprintln!("{line} (guest seconds at /init)");
         assert!(vm
             .wait_exit(Duration::from_secs(30))
             .expect("exit")

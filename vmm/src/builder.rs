@@ -217,6 +217,10 @@ pub fn run_vm(cfg: &VmConfig) -> Result<ExitReason, VmmError> {
         }
         None => None,
     };
+    tracing::debug!(
+        "kernel and initrd loaded after {:?}",
+        metrics.started.elapsed()
+    );
     let cmdline_len = boot::load_command_line(&mem, &cmdline)?;
     boot::write_boot_params(
         &mem,
@@ -245,6 +249,12 @@ pub fn run_vm(cfg: &VmConfig) -> Result<ExitReason, VmmError> {
         None => None,
     };
 
+    tracing::info!(
+        "VM built in {:?} (kernel entry {entry:#x}, {} vCPUs, {} MiB)",
+        metrics.started.elapsed(),
+        cfg.vcpus,
+        cfg.memory_mib
+    );
     for (i, vcpu) in vcpus.into_iter().enumerate() {
         let (pio, mmio, control, exit, metrics) = (
             pio.clone(),

@@ -30,7 +30,10 @@ fn main() {
         .find_map(|w| w.strip_prefix("probe="))
         .unwrap_or("info,reset")
         .to_string();
-    say("PROBE start");
+    // Guest time since the kernel started, for comparing boot figures across VMMs.
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let uptime = uptime.split_whitespace().next().unwrap_or("?");
+    say(&format!("PROBE start uptime={uptime}"));
     for action in actions.split(',') {
         let (name, arg) = action.split_once(':').unwrap_or((action, ""));
         let res = match name {
