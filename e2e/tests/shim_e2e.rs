@@ -176,7 +176,7 @@ fn write_husk_config(env: &Env, kernel: &Path) {
     let text = format!(
         "kernel = \"{}\"\ninitrd = \"{}\"\nstate_dir = \"{STATE_DIR}\"\nvcpus = 1\n\
          memory_mib = 256\nboot_timeout_secs = 180\nlifecycle_timeout_secs = 180\n\
-         log_level = \"debug\"\n",
+         log_level = \"debug\"\ndebug_console = true\n",
         kernel.display(),
         env.initrd.display()
     );

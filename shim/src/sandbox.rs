@@ -299,6 +299,15 @@ impl Sandbox {
         self.vm.as_ref()
     }
 
+    /// The end of the guest console and of virtiofsd's log, for error reports.
+    pub fn diagnostics(&self) -> String {
+        format!(
+            "guest console:\n{}\nvirtiofsd log:\n{}",
+            tail(&self.paths.console),
+            tail(&self.paths.file("virtiofsd.log"))
+        )
+    }
+
     /// Powers the guest off, stops the VMM and virtiofsd, unmounts and removes the pod
     /// directory.
     pub fn destroy(&self) {

@@ -189,23 +189,43 @@ impl TaskService {
         let json = serde_json::to_vec(&guest)
             .map_err(|e| ShimError::Internal(format!("encode spec: {e}")))?;
 
-        let (sb, started_here) = self.sandbox_for(&role, &task.id, size)?;
-        let cdir = sb.paths().container_dir(&task.id);
-        let undo = |e: ShimError| {
+        // The rootfs is mounted into the share before the pod VM starts, so the first
+        // container's files are there when virtiofsd opens the share and the guest mounts it.
+        let paths = SandboxPaths::new(
+            &self.config.state_dir,
+            &self.namespace,
+            role.pod_id(&task.id),
+        );
+        let cdir = paths.container_dir(&task.id);
+        let discard = |e: ShimError| {
             mounts::remove_tree(&cdir);
-            if started_here && self.containers().is_empty() {
-                self.destroy_pod();
+            if self.pod.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+                mounts::remove_tree(&paths.dir);
             }
             e
         };
-        let pid = (|| {
+        (|| {
             mounts::mount_rootfs(&task.rootfs, &root, &cdir.join("rootfs"))?;
             for b in &binds {
                 mounts::bind(&b.source, &cdir.join("mounts").join(&b.name))?;
             }
-            Ok::<u32, ShimError>(sb.agent().create_container(&task.id, &json)?)
+            Ok::<(), ShimError>(())
         })()
-        .map_err(undo)?;
+        .map_err(discard)?;
+        let (sb, started_here) = self.sandbox_for(&role, &task.id, size).map_err(discard)?;
+        let pid = sb.agent().create_container(&task.id, &json).map_err(|e| {
+            tracing::warn!(
+                "create {} in the guest failed: {e}; host view of the rootfs: {} entries\n{}",
+                task.id,
+                std::fs::read_dir(cdir.join("rootfs")).map_or(0, |d| d.count()),
+                sb.diagnostics()
+            );
+            mounts::remove_tree(&cdir);
+            if started_here && self.containers().is_empty() {
+                self.destroy_pod();
+            }
+            ShimError::from(e)
+        })?;
 
         let init = Arc::new(Process::new(&task.id, "", task.stdio.clone(), Vec::new()));
         init.set_pid(pid);
