@@ -184,10 +184,14 @@ struct Partial<'a> {
     paths: &'a SandboxPaths,
     virtiofsd: Option<Child>,
     vm: Option<Box<dyn Vm>>,
+    armed: bool,
 }
 
 impl Drop for Partial<'_> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         if let Some(vm) = self.vm.take() {
             vm.stop(Duration::from_millis(200));
         }
@@ -234,6 +238,7 @@ impl Sandbox {
             paths: &paths,
             virtiofsd: None,
             vm: None,
+            armed: true,
         };
         let v = virtiofsd::start(
             &virtiofsd_bin,
@@ -275,6 +280,7 @@ impl Sandbox {
         let virtiofsd = partial.virtiofsd.take().ok_or(SandboxError::VmExited {
             console: String::new(),
         })?;
+        partial.armed = false;
         drop(partial);
         Ok(Sandbox {
             paths,
