@@ -69,6 +69,8 @@ pub struct TestHostImage {
     pub env: Vec<(String, String)>,
     /// The shell command (run by busybox `sh -c`).
     pub command: String,
+    /// Parameters for `kvm-amd.ko` (for example `vgif=0`).
+    pub kvm_amd_params: String,
 }
 
 /// The init script: mounts, loads KVM, runs the command, reports its status
@@ -76,7 +78,11 @@ pub struct TestHostImage {
 fn init_script(modules: &[String]) -> String {
     let insmods: String = modules
         .iter()
-        .map(|m| format!("insmod /{MODULE_DIR}/{m} || fail \"cannot load {m}\"\n"))
+        .map(|m| {
+            // Module parameters, if any, come from a file next to the module.
+            let params = format!("$(cat /{MODULE_DIR}/{m}.params 2>/dev/null)");
+            format!("insmod /{MODULE_DIR}/{m} {params} || fail \"cannot load {m}\"\n")
+        })
         .collect();
     format!(
         r#"#!/bin/busybox sh
@@ -150,6 +156,13 @@ impl TestHostImage {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             fs.host_file(&format!("{MODULE_DIR}/{name}"), module, 0o644)?;
+            if name == "kvm-amd.ko" && !self.kvm_amd_params.is_empty() {
+                fs.file(
+                    &format!("{MODULE_DIR}/{name}.params"),
+                    self.kvm_amd_params.clone(),
+                    0o644,
+                )?;
+            }
             names.push(name);
         }
         fs.file("init", init_script(&names), 0o755)?;
@@ -209,6 +222,7 @@ mod tests {
             ],
             env: vec![("GREETING".into(), "it's".into())],
             command: "ls /".into(),
+            kvm_amd_params: "vgif=0".into(),
         };
         let out = dir.path().join("img.cpio");
         image
@@ -224,6 +238,10 @@ mod tests {
             "{script}"
         );
         assert!(find("lib/husk-testhost/kvm.ko").is_some());
+        assert!(
+            script.contains("$(cat /lib/husk-testhost/kvm.ko.params 2>/dev/null)"),
+            "{script}"
+        );
         assert!(find("usr/bin/ls").is_some());
         assert!(find("opt/bb").is_some());
         assert!(

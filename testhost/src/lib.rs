@@ -22,6 +22,15 @@ pub mod qemu;
 pub use image::{HostFile, TestHostImage};
 pub use qemu::{RunOutcome, TestHost, TestHostConfig};
 
+/// Parameters for `kvm-amd.ko` in the test host unless a caller says
+/// otherwise (`HUSK_TESTHOST_KVM_AMD` overrides them for the CLI and xtask).
+pub const DEFAULT_KVM_AMD_PARAMS: &str = "";
+
+/// The kvm-amd parameters to use: `HUSK_TESTHOST_KVM_AMD` or the default.
+pub fn kvm_amd_params() -> String {
+    std::env::var("HUSK_TESTHOST_KVM_AMD").unwrap_or_else(|_| DEFAULT_KVM_AMD_PARAMS.to_string())
+}
+
 /// True when this host can run ordinary KVM guests itself: `/dev/kvm` exists
 /// and the CPU advertises VT-x or AMD-V. A PVM `/dev/kvm` does not count.
 pub fn hardware_kvm_available() -> bool {

@@ -40,6 +40,9 @@ enum Cmd {
         /// Also print the test host kernel's messages.
         #[arg(long)]
         verbose_kernel: bool,
+        /// Parameters for kvm-amd.ko inside the test host.
+        #[arg(long, env = "HUSK_TESTHOST_KVM_AMD", default_value = husk_testhost::DEFAULT_KVM_AMD_PARAMS)]
+        kvm_amd_params: String,
         /// The command (joined with spaces and run by `sh -c`).
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             memory_mib,
             timeout,
             verbose_kernel,
+            kvm_amd_params,
             command,
         } => {
             let config = TestHostConfig {
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
                     .collect(),
                 env,
                 command: command.join(" "),
+                kvm_amd_params,
             };
             let result =
                 TestHost::new(config).and_then(|host| host.run(&image, |l| println!("{l}")));

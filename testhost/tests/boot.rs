@@ -25,8 +25,10 @@ fn runs_a_command_with_files_and_reports_its_status() {
         ],
         env: vec![("HUSK_GREETING".into(), "hello 'quoted' world".into())],
         command: "cat /srv/data.txt; /opt/env | grep HUSK_GREETING; \
-                  test -c /dev/kvm && grep -qw svm /proc/cpuinfo && echo kvm-ready; exit 7"
+                  test -c /dev/kvm && grep -qw svm /proc/cpuinfo && echo kvm-ready; \
+                  echo vgif=$(cat /sys/module/kvm_amd/parameters/vgif); exit 7"
             .into(),
+        kvm_amd_params: "vgif=0".into(),
     };
     let mut lines = Vec::new();
     let outcome = host(Duration::from_secs(300))
@@ -44,6 +46,10 @@ fn runs_a_command_with_files_and_reports_its_status() {
         "{lines:#?}"
     );
     assert!(lines.iter().any(|l| l == "kvm-ready"), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l == "vgif=0"),
+        "module parameters reach kvm-amd: {lines:#?}"
+    );
 }
 
 #[test]

@@ -95,6 +95,7 @@ pub(crate) fn boot_test_host(
         files,
         env: test_host_env(),
         command,
+        kvm_amd_params: husk_testhost::kvm_amd_params(),
     };
     let outcome = host.run(&image, on_line)?;
     eprintln!(
