@@ -504,7 +504,7 @@ fn shim_task_commands() {
     ]);
     d.wait_status(id, "RUNNING");
 
-    let out = d.ctr_ok(&[
+    let out = d.ctr(&[
         "task",
         "exec",
         "--exec-id",
@@ -514,7 +514,8 @@ fn shim_task_commands() {
         "-c",
         "echo exec; exit 3",
     ]);
-    assert_eq!(out, "exec\n");
+    assert_eq!(out.status.code(), Some(3), "{}", d.explain(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "exec\n");
     let out = d.ctr(&["task", "exec", "--exec-id", "e2", id, "sh", "-c", "exit 4"]);
     assert_eq!(out.status.code(), Some(4), "{}", d.explain(&out));
 
