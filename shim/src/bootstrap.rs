@@ -165,7 +165,18 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse, BootError> {
     let paths = SandboxPaths::new(&config.state_dir, &flags.namespace, role.pod_id(&flags.id));
     match role {
         PodRole::Member { .. } => crate::mounts::remove_tree(&paths.container_dir(&flags.id)),
-        PodRole::Standalone | PodRole::Sandbox => sandbox::remove_leftovers(&paths),
+        PodRole::Standalone | PodRole::Sandbox => {
+            sandbox::remove_leftovers(&paths);
+            // The dead server could not remove its socket.
+            let address =
+                containerd_shim::socket_address(&flags.address, &flags.namespace, &flags.id);
+            let path = Path::new(socket_path(&address));
+            if std::fs::symlink_metadata(path)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
     Ok(DeleteResponse {
         pid: 0,
