@@ -151,31 +151,42 @@ pub fn run(filter: Option<&str>, test_args: &[String]) -> Result<bool> {
     )
 }
 
-/// The main job for now: build everything and boot a husk guest with
-/// husk-vmm, printing its console up to the agent's start marker.
+/// The main job for now: build everything, boot a husk guest with
+/// husk-vmm, print its console up to the agent's start line, and stop it.
 pub fn demo() -> Result<bool> {
     let a = artifacts::build_all()?;
-    let vmm_args = |bin: &Path, kernel: &Path, initrd: &Path| {
-        format!(
-            "{} --kernel {} --initrd {} --vcpus 2 --memory-mib 256 --serial stdout",
-            bin.display(),
-            kernel.display(),
-            initrd.display()
+    let (bin, kernel, initrd, console) = if husk_testhost::hardware_kvm_available() {
+        (
+            a.bin_dir.join("husk-vmm"),
+            a.kernel.clone(),
+            a.initrd.clone(),
+            a.root.join("target/husk/demo-console.log"),
+        )
+    } else {
+        (
+            Path::new(HOST_BIN).join("husk-vmm"),
+            Path::new(HOST_KERNEL).to_path_buf(),
+            Path::new(HOST_INITRD).to_path_buf(),
+            Path::new("/tmp/demo-console.log").to_path_buf(),
         )
     };
+    let script = format!(
+        "rm -f {console}; \
+         {bin} --kernel {kernel} --initrd {initrd} --vcpus 2 --memory-mib 256 --serial file:{console} & vmm=$!; \
+         i=0; while [ $i -lt 600 ] && ! grep -q 'husk-agent .* started' {console} 2>/dev/null; do sleep 0.1; i=$((i+1)); done; \
+         sleep 0.5; cat {console}; kill $vmm 2>/dev/null; wait $vmm 2>/dev/null; \
+         if grep -q 'husk-agent .* started' {console}; then \
+           echo \"demo: a husk guest booted with husk-vmm in $((i/10)).$((i%10)) s (agent started); VM stopped\"; \
+         else echo 'demo: the guest did not reach the agent'; exit 1; fi",
+        bin = bin.display(),
+        kernel = kernel.display(),
+        initrd = initrd.display(),
+        console = console.display(),
+    );
     if husk_testhost::hardware_kvm_available() {
-        let cmd = vmm_args(&a.bin_dir.join("husk-vmm"), &a.kernel, &a.initrd);
-        let status = Command::new("sh").args(["-c", &cmd]).status()?;
+        let status = Command::new("sh").args(["-c", &script]).status()?;
         return Ok(status.success());
     }
     eprintln!("xtask: no VT-x/AMD-V here: booting the guest inside the test host");
-    let command = format!(
-        "{} & vmm=$!; sleep 20; kill $vmm 2>/dev/null; wait $vmm",
-        vmm_args(
-            &Path::new(HOST_BIN).join("husk-vmm"),
-            Path::new(HOST_KERNEL),
-            Path::new(HOST_INITRD)
-        )
-    );
-    Ok(boot_test_host(test_host_files(&a, &[]), command, &mut |l| println!("{l}"))? == 0)
+    Ok(boot_test_host(test_host_files(&a, &[]), script, &mut |l| println!("{l}"))? == 0)
 }
