@@ -48,11 +48,20 @@ impl Agent {
             .stdout(Stdio::null());
         let child = cmd.spawn().expect("spawn husk-agent");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "agent socket did not appear");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let client = AgentClient::connect_unix(&socket, Timeouts::default()).expect("connect");
+        // The socket file appears at bind(), a moment before listen(): retry
+        // a refused connection until the deadline.
+        let client = loop {
+            match AgentClient::connect_unix(&socket, Timeouts::default()) {
+                Ok(client) => break client,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "agent did not start listening: {e:?}"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
         client.handshake().expect("handshake");
         Agent {
             client,
