@@ -20,7 +20,13 @@ const HOST_WORK: &str = "/tmp/husk-e2e";
 pub fn unit_tests() -> Result<bool> {
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(artifacts::workspace_root())
-        .args(["test", "--workspace", "--no-fail-fast", "--exclude", "husk-e2e"])
+        .args([
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--exclude",
+            "husk-e2e",
+        ])
         .status()
         .context("run cargo test")?;
     Ok(status.success())
