@@ -8,6 +8,11 @@
 
 use std::path::PathBuf;
 
+pub mod cmd;
+pub mod containerd;
+pub mod leftovers;
+pub mod oci_image;
+
 /// Environment variable: the guest `vmlinux`.
 pub const ENV_KERNEL: &str = "HUSK_KERNEL";
 /// Environment variable: the agent initramfs.

@@ -1,0 +1,284 @@
+//! A private containerd configured for husk, for end-to-end tests, the demo
+//! and the benchmarks: its own config, root, state and socket under a work
+//! directory, Debian's `containerd` and `ctr`, the native snapshotter (the
+//! test host has no overlay module) and a local busybox image.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cmd::{output_within, sh, which};
+use crate::leftovers::Leftovers;
+use crate::oci_image::{self, ImageSpec};
+use crate::Artifacts;
+
+/// husk's runtime type.
+pub const HUSK_RUNTIME: &str = "io.containerd.husk.v2";
+/// runc's runtime type, the anchor of comparisons.
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// The busybox image every harness imports.
+pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:husk";
+/// Where the shim keeps its pods (the `state_dir` of the husk config).
+pub const HUSK_STATE_DIR: &str = "/run/husk";
+/// Longest a single `ctr` command may take (nested VMs are slow).
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// How to set up the private containerd.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Work directory (wiped first).
+    pub work: PathBuf,
+    /// `ctr` namespace.
+    pub namespace: String,
+    /// Guest vCPUs per pod (husk config).
+    pub vcpus: u32,
+    /// Guest memory per pod in MiB (husk config).
+    pub memory_mib: u32,
+    /// husk's `log_level` and `debug_console`: verbose when true.
+    pub debug: bool,
+    /// Extra TOML appended to containerd's config (e.g. a CRI plugin section);
+    /// the CRI plugin stays disabled when this does not mention it.
+    pub extra_config: String,
+}
+
+impl Options {
+    /// Defaults for tests: namespace `husk-e2e`, 1 vCPU, 256 MiB, verbose.
+    pub fn new(work: PathBuf) -> Self {
+        Self {
+            work,
+            namespace: "husk-e2e".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            debug: true,
+            extra_config: String::new(),
+        }
+    }
+}
+
+/// A running private containerd; killed when dropped.
+#[derive(Debug)]
+pub struct Containerd {
+    /// The options it was started with.
+    pub opts: Options,
+    /// The artifacts under test.
+    pub artifacts: Artifacts,
+    /// containerd's gRPC socket.
+    pub socket: PathBuf,
+    /// The husk config file (`HUSK_CONFIG` of the shims).
+    pub husk_config: PathBuf,
+    child: Child,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn containerd_toml(opts: &Options, socket: &Path) -> String {
+    let mut disabled = vec![
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.zfs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.overlayfs",
+    ];
+    if !opts.extra_config.contains("io.containerd.grpc.v1.cri") {
+        disabled.push("io.containerd.grpc.v1.cri");
+    }
+    let disabled: Vec<String> = disabled.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [{disabled}]\n\
+         [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+         [debug]\n  level = \"{level}\"\n{extra}\n",
+        root = opts.work.join("root").display(),
+        state = opts.work.join("state").display(),
+        disabled = disabled.join(", "),
+        sock = socket.display(),
+        level = if opts.debug { "debug" } else { "info" },
+        extra = opts.extra_config,
+    )
+}
+
+impl Containerd {
+    /// Starts containerd with husk configured and imports the busybox image.
+    /// Panics with the reason when something is missing.
+    pub fn start(artifacts: Artifacts, opts: Options) -> Self {
+        let containerd = which("containerd").expect("containerd is not in PATH");
+        which("ctr").expect("ctr is not in PATH");
+        let _ = std::fs::remove_dir_all(&opts.work);
+        std::fs::create_dir_all(&opts.work).expect("work dir");
+        let socket = opts.work.join("containerd.sock");
+        let cfg = opts.work.join("containerd.toml");
+        std::fs::write(&cfg, containerd_toml(&opts, &socket)).expect("containerd config");
+        let husk_config = opts.work.join("husk.toml");
+        let path = format!(
+            "{}:{}",
+            artifacts.bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(opts.work.join("containerd.log")).expect("log");
+        let child = Command::new(containerd)
+            .arg("--config")
+            .arg(&cfg)
+            .env("PATH", path)
+            .env("HUSK_CONFIG", &husk_config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let d = Self {
+            opts,
+            artifacts,
+            socket,
+            husk_config,
+            child,
+        };
+        d.write_husk_config(&d.artifacts.kernel.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.socket.exists() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let rootfs = d.opts.work.join("busybox/rootfs");
+        let busybox = [d.artifacts.bin("busybox"), PathBuf::from("/bin/busybox")]
+            .into_iter()
+            .find(|p| p.is_file())
+            .expect("no busybox binary");
+        oci_image::busybox_rootfs(&rootfs, &busybox);
+        d.import(&ImageSpec {
+            name: BUSYBOX_IMAGE.into(),
+            rootfs,
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+        });
+        d
+    }
+
+    /// (Re)writes the husk config the shims read, with `kernel` as the guest kernel.
+    pub fn write_husk_config(&self, kernel: &Path) {
+        let text = format!(
+            "kernel = \"{}\"\ninitrd = \"{}\"\nstate_dir = \"{HUSK_STATE_DIR}\"\nvcpus = {}\n\
+             memory_mib = {}\nboot_timeout_secs = 180\nlifecycle_timeout_secs = 180\n\
+             log_level = \"{}\"\ndebug_console = {}\n",
+            kernel.display(),
+            self.artifacts.initrd.display(),
+            self.opts.vcpus,
+            self.opts.memory_mib,
+            if self.opts.debug { "debug" } else { "info" },
+            self.opts.debug,
+        );
+        std::fs::write(&self.husk_config, text).expect("husk config");
+    }
+
+    /// Builds the image of `spec` and imports it into this containerd's namespace.
+    pub fn import(&self, spec: &ImageSpec) {
+        let dir = self
+            .opts
+            .work
+            .join("images")
+            .join(spec.name.replace(['/', ':'], "_"));
+        std::fs::create_dir_all(&dir).expect("image dir");
+        let tarball = oci_image::build(spec, &dir);
+        self.ctr_ok(&["images", "import", &tarball.display().to_string()]);
+    }
+
+    /// A `ctr` command against this containerd, in its namespace, stdin closed.
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", &self.opts.namespace])
+            .args(args)
+            .env("CONTAINERD_SNAPSHOTTER", "native")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `ctr args` with [`CTR_TIMEOUT`], logging its time and exit code.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        let started = Instant::now();
+        let out = output_within(self.ctr_cmd(args), CTR_TIMEOUT);
+        eprintln!(
+            "[{:>6.1} s] ctr {} -> {:?}",
+            started.elapsed().as_secs_f64(),
+            args.join(" "),
+            out.status.code()
+        );
+        if out.status.code().is_none() {
+            eprintln!("ctr timed out:\n{}", self.explain(&out));
+        }
+        out
+    }
+
+    /// [`Self::ctr`] that must succeed; returns stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(out.status.success(), "ctr {args:?}: {}", self.explain(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr run --rm --runtime <husk> <extra> busybox <id> <cmd>`.
+    pub fn run(&self, id: &str, extra: &[&str], cmd: &[&str]) -> Output {
+        let mut args = vec!["run", "--rm", "--runtime", HUSK_RUNTIME];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[BUSYBOX_IMAGE, id]);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// A failed command's output with the end of containerd's log, the pods'
+    /// console logs and husk's processes: what one needs to see why.
+    pub fn explain(&self, out: &Output) -> String {
+        let log =
+            std::fs::read_to_string(self.opts.work.join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        let consoles = sh(&format!(
+            "for f in {HUSK_STATE_DIR}/*/*/*.log; do [ -f \"$f\" ] && echo \"== $f\" && tail -c 1500 \"$f\"; done; \
+             ps -o pid,args 2>/dev/null | grep -E 'husk|virtiofsd|shim|ctr' ; true"
+        ));
+        format!(
+            "status {:?}\nstdout: {}\nstderr: {}\ncontainerd log:\n{tail}\npod logs:\n{consoles}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Waits until `ctr task ls` shows `id` with `status` (e.g. `RUNNING`).
+    pub fn wait_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ls = self.ctr_ok(&["task", "ls"]);
+            if ls
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id} never {status}: {ls}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits (up to 20 s) until nothing of husk is left on the host: no helper
+    /// process, mount, pod directory or shim socket; panics with what is left.
+    pub fn assert_nothing_left(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = Leftovers::scan(HUSK_STATE_DIR, &self.opts.namespace);
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: left behind: {left:?}\n{}",
+                self.explain(&self.ctr(&["task", "ls"]))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
