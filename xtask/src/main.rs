@@ -4,7 +4,9 @@
 mod artifacts;
 mod bench;
 mod e2e;
+mod install;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +40,15 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Builds everything and installs the shim, the VMM, virtiofsd, the guest kernel and initramfs.
+    Install {
+        /// Binaries go to PREFIX/bin.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Guest kernel and initramfs go here (the shim's default config looks here).
+        #[arg(long, default_value = "/usr/share/husk")]
+        share_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Test => e2e::unit_tests().and_then(|ok| Ok(e2e::run(None, &[])? && ok)),
         Cmd::Demo => e2e::demo(),
         Cmd::Bench { runs } => bench::run(runs),
+        Cmd::Install { prefix, share_dir } => install::run(&prefix, &share_dir),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
