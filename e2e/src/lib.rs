@@ -6,7 +6,9 @@
 //! `husk-testhost`) elsewhere. They find what they need through
 //! [`Artifacts::from_env`].
 
+use std::ops::Deref;
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 
 pub mod cmd;
 pub mod containerd;
@@ -69,5 +71,49 @@ impl Artifacts {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create scratch directory");
         dir
+    }
+}
+
+/// One test's environment: the artifacts, a fresh work directory, and the
+/// lock that runs the tests of a test binary one at a time (nested guests
+/// are slow; one VM at a time keeps their timing sane).
+pub struct TestEnv {
+    /// The artifacts under test.
+    pub artifacts: Artifacts,
+    /// This test's own scratch directory.
+    pub work: PathBuf,
+    _one_at_a_time: MutexGuard<'static, ()>,
+}
+
+impl TestEnv {
+    /// Takes the lock, reads the artifacts and makes a fresh `<work_dir>/<name>-<pid>`.
+    pub fn new(name: &str) -> Self {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let artifacts = Artifacts::from_env();
+        let work = artifacts.scratch(&format!("{name}-{}", std::process::id()));
+        Self {
+            artifacts,
+            work,
+            _one_at_a_time: guard,
+        }
+    }
+
+    /// The busybox binary: the bin directory's, else the system's.
+    pub fn busybox(&self) -> PathBuf {
+        let p = self.bin("busybox");
+        if p.exists() {
+            p
+        } else {
+            PathBuf::from("/bin/busybox")
+        }
+    }
+}
+
+impl Deref for TestEnv {
+    type Target = Artifacts;
+
+    fn deref(&self) -> &Artifacts {
+        &self.artifacts
     }
 }

@@ -3,92 +3,33 @@
 //! virtio-fs (virtiofsd), run containers from it and power the VM off.
 //!
 //! They need real KVM (`cargo xtask e2e agent`) and find their inputs through HUSK_KERNEL,
-//! HUSK_BIN_DIR (husk-vmm, husk-agent, virtiofsd, busybox), HUSK_INITRD (optional: the agent
-//! initramfs; built from HUSK_BIN_DIR/husk-agent when unset) and HUSK_WORK_DIR. Without
-//! HUSK_KERNEL they are skipped with a message.
+//! HUSK_BIN_DIR (husk-vmm, husk-agent, virtiofsd, busybox), HUSK_INITRD (the agent
+//! initramfs) and HUSK_WORK_DIR.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use husk_e2e::TestEnv;
 use husk_protocol::{AgentApi, AgentClient, Timeouts};
 use serde_json::json;
 
 /// Nested guests are slow (TCG outer host): generous timeouts, one VM at a time.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const SHARE_TAG: &str = "husk-share";
-static SERIAL: Mutex<()> = Mutex::new(());
-
-struct Env {
-    kernel: PathBuf,
-    initrd: Option<PathBuf>,
-    bin_dir: PathBuf,
-    work: PathBuf,
-}
-
-fn env() -> Option<(Env, MutexGuard<'static, ()>)> {
-    let kernel = std::env::var_os("HUSK_KERNEL")?;
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let bin_dir = PathBuf::from(std::env::var_os("HUSK_BIN_DIR").expect("HUSK_BIN_DIR"));
-    let base = std::env::var_os("HUSK_WORK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let work = base.join(format!("agent-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&work).expect("work dir");
-    Some((
-        Env {
-            kernel: kernel.into(),
-            initrd: std::env::var_os("HUSK_INITRD").map(PathBuf::from),
-            bin_dir,
-            work,
-        },
-        guard,
-    ))
-}
-
-macro_rules! need_env {
-    () => {
-        match env() {
-            Some(e) => e,
-            None => panic!("HUSK_KERNEL is not set: run with `cargo xtask e2e agent`"),
-        }
-    };
-}
-
-fn initrd(env: &Env) -> PathBuf {
-    if let Some(p) = &env.initrd {
-        return p.clone();
-    }
-    let path = env.work.join("agent-initrd.cpio.gz");
-    if !path.exists() {
-        husk_rootfs::guest_image::write_agent_initramfs(&env.bin_dir.join("husk-agent"), &path)
-            .expect("agent initramfs");
-    }
-    path
-}
-
-fn busybox(env: &Env) -> PathBuf {
-    let p = env.bin_dir.join("busybox");
-    if p.exists() {
-        p
-    } else {
-        PathBuf::from("/bin/busybox")
-    }
-}
 
 /// `<share>/<id>/{config.json, rootfs}` with a busybox rootfs.
-fn bundle(env: &Env, share: &Path, id: &str, args: &[&str]) {
+fn bundle(env: &TestEnv, share: &Path, id: &str, args: &[&str]) {
     bundle_with(env, share, id, args, &[]);
 }
 
 /// Like [`bundle`], with extra OCI mounts.
-fn bundle_with(env: &Env, share: &Path, id: &str, args: &[&str], extra: &[serde_json::Value]) {
+fn bundle_with(env: &TestEnv, share: &Path, id: &str, args: &[&str], extra: &[serde_json::Value]) {
     let rootfs = share.join(id).join("rootfs");
     for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
         std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
     }
-    std::fs::copy(busybox(env), rootfs.join("bin/busybox")).expect("busybox");
+    std::fs::copy(env.busybox(), rootfs.join("bin/busybox")).expect("busybox");
     for applet in ["sh", "cat", "echo", "hostname", "sleep", "head", "wc"] {
         let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
     }
@@ -146,7 +87,7 @@ impl Sandbox {
         std::fs::read_to_string(&self.console).unwrap_or_default()
     }
 
-    fn start(env: &Env, name: &str, share: &Path) -> (Sandbox, PathBuf) {
+    fn start(env: &TestEnv, name: &str, share: &Path) -> (Sandbox, PathBuf) {
         let dir = env.work.join(name);
         std::fs::create_dir_all(&dir).expect("dir");
         let fs_sock = dir.join("fs.sock");
@@ -170,7 +111,7 @@ impl Sandbox {
             .arg("--kernel")
             .arg(&env.kernel)
             .arg("--initrd")
-            .arg(initrd(env))
+            .arg(&env.initrd)
             .arg("--cmdline")
             .arg("console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd")
             .args(["--vcpus", "2", "--memory-mib", "256"])
@@ -246,7 +187,7 @@ fn read_all(client: &AgentClient, id: &str, exec_id: &str, stderr: bool) -> Vec<
 
 #[test]
 fn agent_runs_container_from_virtio_fs_and_powers_off() {
-    let (env, _g) = need_env!();
+    let env = TestEnv::new("agent-e2e");
     let share = env.work.join("share");
     // The guest's resolv.conf (written by CreateSandbox) is bind-mounted in.
     bundle_with(

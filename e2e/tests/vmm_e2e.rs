@@ -1,64 +1,22 @@
 //! End-to-end tests of `husk-vmm` with the real guest kernel and `husk-guest-probe` as
 //! /init. They need real KVM (run them with `cargo xtask e2e vmm`) and find their inputs
 //! through HUSK_KERNEL, HUSK_BIN_DIR (husk-vmm, husk-guest-probe, virtiofsd) and
-//! HUSK_WORK_DIR. Without HUSK_KERNEL they are skipped with a message.
+//! HUSK_WORK_DIR.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use husk_e2e::TestEnv;
 use husk_rootfs::initramfs::{Compression, Initramfs};
 
 /// Nested guests are slow (TCG outer host): generous timeouts, one VM at a time. A boot
 /// normally reaches /init in 5-10 s there.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
-static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Env {
-    kernel: PathBuf,
-    bin_dir: PathBuf,
-    work: PathBuf,
-}
-
-fn env() -> Option<(Env, MutexGuard<'static, ()>)> {
-    let kernel = std::env::var_os("HUSK_KERNEL")?;
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let bin_dir = PathBuf::from(std::env::var_os("HUSK_BIN_DIR").expect("HUSK_BIN_DIR"));
-    let base = std::env::var_os("HUSK_WORK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let work = base.join(format!(
-        "vmm-e2e-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&work).unwrap();
-    Some((
-        Env {
-            kernel: kernel.into(),
-            bin_dir,
-            work,
-        },
-        guard,
-    ))
-}
-
-macro_rules! need_env {
-    () => {
-        match env() {
-            Some(e) => e,
-            None => panic!("HUSK_KERNEL is not set: run with `cargo xtask e2e vmm`"),
-        }
-    };
-}
-
-fn probe_initrd(env: &Env) -> PathBuf {
+fn probe_initrd(env: &TestEnv) -> PathBuf {
     let path = env.work.join("probe-initrd.cpio");
     if path.exists() {
         return path;
@@ -108,7 +66,7 @@ struct Vm {
 }
 
 impl Vm {
-    fn start(env: &Env, name: &str, opts: VmOpts) -> Vm {
+    fn start(env: &TestEnv, name: &str, opts: VmOpts) -> Vm {
         let initrd = probe_initrd(env);
         let dir = env.work.join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -273,7 +231,7 @@ fn field(line: &str, key: &str) -> u64 {
 
 #[test]
 fn vmm_boot_reports_vcpus_and_memory_and_reset_exits_zero() {
-    let (env, _g) = need_env!();
+    let env = TestEnv::new("vmm-e2e");
     let mut vm = Vm::start(
         &env,
         "boot",
@@ -313,7 +271,7 @@ fn vmm_boot_reports_vcpus_and_memory_and_reset_exits_zero() {
 
 #[test]
 fn vmm_boot_time_median_of_five_and_overhead() {
-    let (env, _g) = need_env!();
+    let env = TestEnv::new("vmm-e2e");
     let mut times = vec![];
     for i in 0..5 {
         eprintln!("boot {i}");
@@ -393,7 +351,7 @@ fn host_connect(vm: &Vm, port: u32) -> (UnixStream, u32) {
 
 #[test]
 fn vmm_vsock_echo_both_directions_and_guest_connect() {
-    let (env, _g) = need_env!();
+    let env = TestEnv::new("vmm-e2e");
     let dir = env.work.join("vsock");
     std::fs::create_dir_all(&dir).unwrap();
     // The guest connects to host port 5000: the VMM forwards that to "<vsock socket>_5000".
@@ -467,7 +425,7 @@ fn vmm_vsock_echo_both_directions_and_guest_connect() {
 
 #[test]
 fn vmm_virtio_fs_with_virtiofsd() {
-    let (env, _g) = need_env!();
+    let env = TestEnv::new("vmm-e2e");
     let dir = env.work.join("fs");
     let share = dir.join("share");
     std::fs::create_dir_all(&share).unwrap();
@@ -527,7 +485,7 @@ fn last_tick(text: &str) -> Option<u64> {
 
 #[test]
 fn vmm_control_api_pause_resume_shutdown() {
-    let (env, _g) = need_env!();
+    let env = TestEnv::new("vmm-e2e");
     let mut vm = Vm::start(
         &env,
         "api",
