@@ -7,7 +7,8 @@
 //! - [`init`]: PID 1 duties (root off the initramfs, mounts, console, power off).
 //! - [`reaper`]: the single `waitpid` loop; exit statuses for everybody.
 //! - [`server`]: the ttrpc service; [`container`]: containers, processes, stdio;
-//!   [`cgroup`]: cgroup v2; [`sandbox`]: guest-wide settings.
+//!   [`cgroup`]: cgroup v2; [`oom`]: OOM kills in container cgroups; [`sandbox`]:
+//!   guest-wide settings.
 //! - [`setup`]: the setup process (`husk-agent __husk_setup`) that turns an OCI spec into a
 //!   running container process: namespaces, mounts, pivot_root, ids, capabilities, rlimits,
 //!   no_new_privs, seccomp.
@@ -44,6 +45,7 @@ pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod init;
+pub mod oom;
 pub mod reaper;
 pub mod sandbox;
 pub mod server;

@@ -41,6 +41,9 @@ pub struct Service {
 
 type R<T> = ttrpc::Result<T>;
 
+/// Longest a `GetOomEvent` call waits (each waiting call holds a server thread).
+const MAX_OOM_WAIT: Duration = Duration::from_secs(60);
+
 fn stream_chunk(max: u32) -> usize {
     if max == 0 || max > MAX_STREAM_CHUNK {
         MAX_STREAM_CHUNK as usize
@@ -180,6 +183,19 @@ impl Agent for Service {
         Ok(WaitProcessResponse {
             exit_status: code,
             pid: u32::try_from(pid).unwrap_or(0),
+            ..Default::default()
+        })
+    }
+
+    fn remove_process(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> R<Empty> {
+        self.runtime.remove_exec(&req.container_id, &req.exec_id)?;
+        Ok(Empty::default())
+    }
+
+    fn get_oom_event(&self, _ctx: &TtrpcContext, req: GetOomEventRequest) -> R<OomEvent> {
+        let wait = Duration::from_millis(u64::from(req.wait_ms)).min(MAX_OOM_WAIT);
+        Ok(OomEvent {
+            container_id: self.runtime.next_oom(wait).unwrap_or_default(),
             ..Default::default()
         })
     }

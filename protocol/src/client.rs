@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use crate::agent::{
     ContainerRequest, ContainerStatsResponse, CreateContainerRequest, CreateSandboxRequest,
-    DestroySandboxRequest, ExecProcessRequest, HealthRequest, HealthResponse, ProcessRequest,
-    ReadStreamRequest, ResizeTerminalRequest, SignalProcessRequest, UpdateContainerRequest,
-    WriteStdinRequest,
+    DestroySandboxRequest, ExecProcessRequest, GetOomEventRequest, HealthRequest, HealthResponse,
+    ProcessRequest, ReadStreamRequest, ResizeTerminalRequest, SignalProcessRequest,
+    UpdateContainerRequest, WriteStdinRequest,
 };
 use crate::connect::{hybrid_vsock_connect, ConnectError};
 use crate::error::AgentError;
@@ -80,6 +80,12 @@ pub trait AgentApi: Send + Sync {
         exec_id: &str,
         timeout: Option<Duration>,
     ) -> Result<WaitStatus, AgentError>;
+    /// Forgets an exec'd process (killed first if it still runs), so its exec id is free
+    /// again. The init process is removed with its container.
+    fn remove_process(&self, id: &str, exec_id: &str) -> Result<(), AgentError>;
+    /// Waits up to `wait` for an OOM kill in a container's cgroup; returns the container's
+    /// id, or `None` when there was none in that time.
+    fn get_oom_event(&self, wait: Duration) -> Result<Option<String>, AgentError>;
     /// Writes to the process's stdin; returns how many bytes were taken.
     fn write_stdin(&self, id: &str, exec_id: &str, data: &[u8]) -> Result<usize, AgentError>;
     /// Closes the process's stdin (EOF).
@@ -294,6 +300,26 @@ impl AgentApi for AgentClient {
                 pid: r.pid,
             })
             .map_err(|e| AgentError::from_ttrpc("WaitProcess", e))
+    }
+
+    fn remove_process(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
+        self.inner
+            .remove_process(ctx(self.timeouts.lifecycle), &process(id, exec_id))
+            .map(drop)
+            .map_err(|e| AgentError::from_ttrpc("RemoveProcess", e))
+    }
+
+    fn get_oom_event(&self, wait: Duration) -> Result<Option<String>, AgentError> {
+        let req = GetOomEventRequest {
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        // The agent answers after at most `wait`; the deadline adds the usual margin.
+        let deadline = self.timeouts.default.map(|d| d + wait);
+        self.inner
+            .get_oom_event(ctx(deadline), &req)
+            .map(|r| (!r.container_id.is_empty()).then_some(r.container_id))
+            .map_err(|e| AgentError::from_ttrpc("GetOomEvent", e))
     }
 
     fn write_stdin(&self, id: &str, exec_id: &str, data: &[u8]) -> Result<usize, AgentError> {

@@ -6,7 +6,7 @@
 //! - [`convert`], [`state`], [`spec`]: pure request/response conversions, the process state
 //!   machine and the guest's OCI spec;
 //! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`sandbox`]: the pod VM;
-//! - [`stdio`], [`events`], [`process`], [`service`]: the Task service;
+//! - [`stdio`], [`events`], [`oom`], [`process`], [`service`]: the Task service;
 //! - [`bootstrap`]: the binary's `start`, `delete` and serve actions.
 
 pub mod annotations;
@@ -17,6 +17,7 @@ pub mod convert;
 pub mod error;
 pub mod events;
 pub mod mounts;
+pub mod oom;
 pub mod process;
 pub mod sandbox;
 pub mod service;

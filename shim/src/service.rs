@@ -29,6 +29,7 @@ use crate::convert::{self, CreateTask, ExecTask, KillTask, ProcessView};
 use crate::error::ShimError;
 use crate::events::{EventSink, TaskEvent};
 use crate::mounts;
+use crate::oom::{self, OomMonitor};
 use crate::process::Process;
 use crate::sandbox::{Sandbox, SandboxPaths};
 use crate::spec;
@@ -57,9 +58,10 @@ pub struct TaskService {
     config: Config,
     namespace: String,
     launcher: Box<dyn VmLauncher>,
-    events: Box<dyn EventSink>,
+    events: Arc<dyn EventSink>,
     exit: Arc<ExitSignal>,
     pod: Mutex<Option<Arc<Sandbox>>>,
+    oom: Mutex<Option<OomMonitor>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
 }
 
@@ -86,9 +88,10 @@ impl TaskService {
             config,
             namespace,
             launcher,
-            events,
+            events: Arc::from(events),
             exit,
             pod: Mutex::new(None),
+            oom: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
         })
     }
@@ -147,11 +150,17 @@ impl TaskService {
             size,
         )?);
         tracing::info!("pod VM for {id} up in {:?}", started.elapsed());
+        let source = Arc::new(oom::AgentOom(Arc::clone(sb.agent())));
+        match OomMonitor::start(source, Arc::clone(&self.events), oom::POLL_WAIT) {
+            Ok(m) => *self.oom.lock().unwrap_or_else(|e| e.into_inner()) = Some(m),
+            Err(e) => tracing::warn!("no OOM events for pod of {id}: {e}"),
+        }
         *pod = Some(Arc::clone(&sb));
         Ok((sb, true))
     }
 
     fn destroy_pod(&self) {
+        self.oom.lock().unwrap_or_else(|e| e.into_inner()).take();
         let sb = self.pod.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(sb) = sb {
             sb.destroy();
@@ -350,6 +359,17 @@ impl TaskService {
             ..Default::default()
         };
         if !req.exec_id.is_empty() {
+            // The guest forgets it too, so the exec id can be used again.
+            match self
+                .agent()
+                .map(|a| a.remove_process(&req.id, &req.exec_id))
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == Some(ErrorKind::NotFound) => {}
+                Ok(Err(e)) => tracing::warn!("remove exec {}/{}: {e}", req.id, req.exec_id),
+                Err(e) => tracing::debug!("remove exec {}/{}: {e}", req.id, req.exec_id),
+            }
+            p.drop_relay();
             c.execs().remove(&req.exec_id);
             return Ok(resp);
         }

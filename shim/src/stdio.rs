@@ -276,6 +276,12 @@ mod tests {
         ) -> Result<WaitStatus, AgentError> {
             Err(unused())
         }
+        fn remove_process(&self, _: &str, _: &str) -> Result<(), AgentError> {
+            Err(unused())
+        }
+        fn get_oom_event(&self, _: Duration) -> Result<Option<String>, AgentError> {
+            Err(unused())
+        }
         fn write_stdin(&self, _: &str, _: &str, data: &[u8]) -> Result<usize, AgentError> {
             // Takes at most 3 bytes per call, like a nearly full pipe.
             let n = data.len().min(3);

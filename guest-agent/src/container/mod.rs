@@ -18,6 +18,7 @@ use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process as OciProces
 
 use crate::cgroup::{Cgroup, CgroupRoot};
 use crate::error::{Error, Result};
+use crate::oom::OomWatcher;
 use crate::reaper::Reaper;
 use crate::setup::config::{LaunchConfig, LaunchMode};
 use stdio::ProcessIo;
@@ -68,6 +69,8 @@ pub struct Runtime {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Ids being created (reserved so two creates cannot race).
     creating: Mutex<HashSet<String>>,
+    /// OOM kills in container cgroups (`None`: the watcher thread could not start).
+    oom: Option<OomWatcher>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,12 +94,16 @@ impl Runtime {
                 config.cgroup_root
             );
         }
+        let oom = OomWatcher::start()
+            .map_err(|e| tracing::warn!("OOM watcher: {e}: no OOM events"))
+            .ok();
         Runtime {
             config,
             reaper,
             cgroups,
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
+            oom,
         }
     }
 
@@ -188,6 +195,15 @@ impl Runtime {
             }
         };
         let pid = launched.pid;
+        if let (Some(oom), Some(cg)) = (&self.oom, &cgroup) {
+            let events = cg.dir().join("memory.events");
+            // Without the memory controller there is no such file and nothing to report.
+            if events.exists() {
+                if let Err(e) = oom.watch(id, &events) {
+                    tracing::warn!(id, "no OOM events: {e}");
+                }
+            }
+        }
         let container = Container {
             spec,
             cgroup,
@@ -274,6 +290,41 @@ impl Runtime {
             pid: launched.pid,
             io,
         })
+    }
+
+    /// Forgets an exec'd process, killing it first if it still runs.
+    pub fn remove_exec(&self, id: &str, exec_id: &str) -> Result<()> {
+        if exec_id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the init process goes with its container".into(),
+            ));
+        }
+        let c = self.get(id)?;
+        let p = lock(&c.execs)
+            .remove(exec_id)
+            .ok_or_else(|| Error::ProcessNotFound {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            })?;
+        if self.reaper.status(p.pid).is_none() {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            if self.reaper.wait(p.pid, Some(KILL_WAIT)).is_none() {
+                tracing::warn!(id, exec_id, pid = p.pid, "process did not die");
+            }
+        }
+        self.reaper.forget(p.pid);
+        Ok(())
+    }
+
+    /// The next container with an OOM kill, waiting up to `wait` for one.
+    pub fn next_oom(&self, wait: Duration) -> Option<String> {
+        match &self.oom {
+            Some(oom) => oom.next(wait),
+            None => {
+                std::thread::sleep(wait);
+                None
+            }
+        }
     }
 
     /// Sends a signal to one process, or to all processes of the container.
@@ -376,6 +427,9 @@ impl Runtime {
                 tracing::warn!(id, pid, "process did not die");
             }
             self.reaper.forget(*pid);
+        }
+        if let Some(oom) = &self.oom {
+            oom.unwatch(id);
         }
         if let Some(cg) = &c.cgroup {
             cg.remove(KILL_WAIT)?;
