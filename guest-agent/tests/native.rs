@@ -160,7 +160,7 @@ fn terminal_process_with_resize() {
     let mut s = spec(&[
         "sh",
         "-c",
-        "test -t 0 && echo is-a-tty; stty size; read x; stty size",
+        "test -t 0 && echo is-a-tty; tty; stty size; read x; stty size",
     ]);
     s["process"]["terminal"] = json!(true);
     s["process"]["consoleSize"] = json!({"height": 24, "width": 80});
@@ -171,6 +171,12 @@ fn terminal_process_with_resize() {
         out.extend(chunk.expect("no EOF yet"));
     }
     assert!(text(&out).contains("is-a-tty"), "{}", text(&out));
+    // The terminal lives in the container's own devpts, as with runc.
+    assert!(
+        text(&out).lines().any(|l| l.starts_with("/dev/pts/")),
+        "{}",
+        text(&out)
+    );
     assert!(agent
         .client
         .read_stderr("tty", "", 0)
@@ -229,7 +235,73 @@ fn exec_into_running_container() {
             .ok(),
         Some(false)
     );
+    // Once removed, the exec id is free again.
+    agent
+        .client
+        .remove_process("exec", "e1")
+        .expect("remove e1");
+    let gone = agent
+        .client
+        .wait_process("exec", "e1", WAIT)
+        .expect_err("e1 is forgotten");
+    assert_eq!(gone.kind(), Some(ErrorKind::NotFound));
+    let quick =
+        json!({"args": ["true"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    agent
+        .client
+        .exec_process("exec", "e1", quick.to_string().as_bytes())
+        .expect("exec id reused");
+    let st = agent.client.wait_process("exec", "e1", WAIT).expect("wait");
+    assert_eq!(st.exit_status, 0);
+    // A running exec is killed when removed; the init process cannot be removed this way.
+    let sleeper = json!({"args": ["sleep", "1000"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    let pid = agent
+        .client
+        .exec_process("exec", "e2", sleeper.to_string().as_bytes())
+        .expect("exec e2");
+    agent
+        .client
+        .remove_process("exec", "e2")
+        .expect("remove e2");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "removed exec still runs"
+    );
+    let init_rm = agent.client.remove_process("exec", "").expect_err("init");
+    assert_eq!(init_rm.kind(), Some(ErrorKind::InvalidArgument));
+    let unknown = agent
+        .client
+        .remove_process("exec", "nope")
+        .expect_err("nope");
+    assert_eq!(unknown.kind(), Some(ErrorKind::NotFound));
     agent.client.remove_container("exec").expect("remove");
+}
+
+#[test]
+fn terminal_exec_sits_in_the_container_devpts() {
+    let agent = Agent::start();
+    agent.run("ttyexec", &spec(&["sleep", "1000"]));
+    let process = json!({
+        "args": ["sh", "-c", "tty; test -t 1 && echo out-is-a-tty"],
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0},
+        "terminal": true
+    });
+    agent
+        .client
+        .exec_process("ttyexec", "t1", process.to_string().as_bytes())
+        .expect("exec");
+    let out = text(&common::read_all(&agent.client, "ttyexec", "t1", false));
+    let st = agent
+        .client
+        .wait_process("ttyexec", "t1", WAIT)
+        .expect("wait");
+    assert_eq!(st.exit_status, 0, "{out}");
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(lines[0].starts_with("/dev/pts/"), "{out:?}");
+    assert_eq!(lines[1], "out-is-a-tty", "{out:?}");
+    agent.client.remove_container("ttyexec").expect("remove");
 }
 
 fn usage(agent: &Agent, id: &str) -> u64 {

@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
@@ -22,6 +22,30 @@ pub struct Launched {
     pub pid: i32,
     /// Writing one byte here lets it exec; dropping it makes it exit.
     pub start: File,
+    /// The master of the terminal the process made in its container's devpts, if any.
+    pub console: Option<OwnedFd>,
+}
+
+/// Copies descriptor `fd` of process `pid` into this process (`pidfd_getfd(2)`).
+fn take_fd(pid: i32, fd: i32) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new descriptor.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(Error::errno("pidfd_open", nix::errno::Errno::last()));
+    }
+    // SAFETY: pidfd is a new descriptor nothing else owns (it fits an int).
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags by value and
+    // returns a new close-on-exec descriptor.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if got < 0 {
+        return Err(Error::errno(
+            "pidfd_getfd (terminal)",
+            nix::errno::Errno::last(),
+        ));
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(got as RawFd) })
 }
 
 /// Descriptor numbers in the setup process, in the order of [`spawn_setup`]'s `fds`.
@@ -96,6 +120,7 @@ pub fn launch(cfg: &LaunchConfig, stdio: ChildStdio, reaper: &Reaper) -> Result<
 
     // Stage 1 (Pid) and stage 2 (Ready) write independently: either may come first.
     let mut pid = None;
+    let mut console = None;
     let mut ready = false;
     let mut failure = None;
     for line in BufReader::new(File::from(sync_r)).lines() {
@@ -105,6 +130,7 @@ pub fn launch(cfg: &LaunchConfig, stdio: ChildStdio, reaper: &Reaper) -> Result<
                 reaper.watch(p);
                 pid = Some(p);
             }
+            Ok(SyncMessage::Console(fd)) => console = Some(fd),
             Ok(SyncMessage::Ready) => ready = true,
             Ok(SyncMessage::Invalid(m)) => failure = Some(Error::InvalidArgument(m)),
             Ok(SyncMessage::Error(m)) => failure = Some(Error::Setup(m)),
@@ -127,10 +153,22 @@ pub fn launch(cfg: &LaunchConfig, stdio: ChildStdio, reaper: &Reaper) -> Result<
             outcome = Err(Error::io("write setup config", e));
         }
     }
+    // The process waits for its start byte, so its master is still open.
+    let console = match (&outcome, pid, console) {
+        (Ok(()), Some(p), Some(fd)) => match take_fd(p, fd) {
+            Ok(master) => Some(master),
+            Err(e) => {
+                outcome = Err(e);
+                None
+            }
+        },
+        _ => None,
+    };
     match (outcome, pid) {
         (Ok(()), Some(pid)) => Ok(Launched {
             pid,
             start: File::from(start_w),
+            console,
         }),
         (Ok(()), None) => Err(Error::Setup("setup reported ready without a pid".into())),
         (Err(e), pid) => {

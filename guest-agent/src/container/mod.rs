@@ -182,8 +182,8 @@ impl Runtime {
                 hostname,
             };
             let (io, child) = ProcessIo::new(terminal)?;
-            let launched = launch::launch(&cfg, child, &self.reaper)?;
-            Ok((io, launched))
+            let mut launched = launch::launch(&cfg, child, &self.reaper)?;
+            Ok((io.with_console(launched.console.take()), launched))
         })();
         let (io, launched) = match result {
             Ok(v) => v,
@@ -282,6 +282,7 @@ impl Runtime {
         };
         let (io, child) = ProcessIo::new(process.terminal() == Some(true))?;
         let mut launched = launch::launch(&cfg, child, &self.reaper)?;
+        let io = io.with_console(launched.console.take());
         launched
             .start
             .write_all(&[1])

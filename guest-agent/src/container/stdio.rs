@@ -83,6 +83,17 @@ impl ProcessIo {
         }
     }
 
+    /// The terminal whose master is `console` (made by the process in its container's
+    /// devpts) instead of these streams; unchanged without one.
+    pub fn with_console(self, console: Option<OwnedFd>) -> ProcessIo {
+        match console {
+            Some(master) => ProcessIo::Terminal {
+                master: File::from(master),
+            },
+            None => self,
+        }
+    }
+
     /// Writes some of `data` to stdin; returns how much was taken.
     pub fn write_stdin(&self, data: &[u8]) -> Result<usize> {
         match self {

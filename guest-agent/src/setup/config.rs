@@ -53,6 +53,10 @@ pub struct LaunchConfig {
 pub enum SyncMessage {
     /// Pid of the container process (agent's pid namespace).
     Pid(i32),
+    /// The process's terminal was made in the container's devpts: this descriptor of the
+    /// container process is the master, for the agent to take (`pidfd_getfd`). Sent
+    /// before `Ready`.
+    Console(i32),
     /// Set up, waiting for the start byte.
     Ready,
     /// The spec cannot be run as given (bad program, bad option); the process exits.

@@ -10,6 +10,7 @@
 
 pub mod caps;
 pub mod config;
+pub mod console;
 pub mod mounts;
 pub mod process;
 pub mod seccomp;
@@ -17,7 +18,7 @@ pub mod sysctl;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -202,23 +203,34 @@ fn clone_parent(flags: CloneFlags) -> Result<i32> {
 
 /// Stage 2: everything inside the container, up to the start byte and exec.
 fn stage2(cfg: LaunchConfig) -> Result<()> {
-    let prepared = match &cfg.mode {
+    // The terminal's master stays open (close-on-exec) until the agent has taken it.
+    let (prepared, console) = match &cfg.mode {
         LaunchMode::Create { spec, rootfs } => {
             let process = spec
                 .process()
                 .as_ref()
                 .ok_or_else(|| SetupError::Invalid("spec has no process".into()))?;
-            mounts::setup_rootfs(spec, rootfs, process.terminal() == Some(true))?;
+            let console = mounts::setup_rootfs(spec, rootfs, process.terminal() == Some(true))?;
             if let Some(h) = &cfg.hostname {
                 sethostname(h).map_err(|e| SetupError::Sys("sethostname".into(), e))?;
             }
             let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-            process::prepare(process, seccomp)?
+            (process::prepare(process, seccomp)?, console)
         }
         LaunchMode::Exec {
             process, seccomp, ..
-        } => process::prepare(process, seccomp.as_ref())?,
+        } => {
+            let console = if process.terminal() == Some(true) {
+                console::attach(Path::new("/dev/pts"))?
+            } else {
+                None
+            };
+            (process::prepare(process, seccomp.as_ref())?, console)
+        }
     };
+    if let Some(master) = &console {
+        send(&SyncMessage::Console(master.as_raw_fd()));
+    }
     send(&SyncMessage::Ready);
     // SAFETY: START_FD was set up by the agent and is used only here.
     let mut start = unsafe { File::from_raw_fd(START_FD) };

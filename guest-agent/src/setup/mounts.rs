@@ -2,6 +2,7 @@
 //! or MS_MOVE + chroot where pivot_root is refused), masked and read-only paths.
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -401,8 +402,9 @@ fn remount_root_readonly() -> Result<()> {
 }
 
 /// Builds the container's filesystem view and enters it. Runs in the container's new
-/// mount namespace (and new pid namespace, so /proc is the container's).
-pub fn setup_rootfs(spec: &Spec, rootfs: &Path, terminal: bool) -> Result<()> {
+/// mount namespace (and new pid namespace, so /proc is the container's). With `terminal`,
+/// returns the master of the terminal made in the container's devpts, if it has one.
+pub fn setup_rootfs(spec: &Spec, rootfs: &Path, terminal: bool) -> Result<Option<OwnedFd>> {
     let linux = spec.linux().as_ref();
     let propagation = match linux
         .and_then(|l| l.rootfs_propagation().as_deref())
@@ -438,6 +440,12 @@ pub fn setup_rootfs(spec: &Spec, rootfs: &Path, terminal: bool) -> Result<()> {
         mount_one(rootfs, m)?;
         dev_mounted |= m.destination() == Path::new("/dev");
     }
+    // Before /dev/console is bound to the terminal.
+    let console = if terminal {
+        super::console::attach(&rootfs.join("dev/pts"))?
+    } else {
+        None
+    };
     if dev_mounted {
         populate_dev(rootfs, spec, terminal)?;
     }
@@ -461,7 +469,7 @@ pub fn setup_rootfs(spec: &Spec, rootfs: &Path, terminal: bool) -> Result<()> {
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         remount_root_readonly()?;
     }
-    Ok(())
+    Ok(console)
 }
 
 #[cfg(test)]
