@@ -232,6 +232,17 @@ impl Containerd {
     /// A failed command's output with the end of containerd's log, the pods'
     /// console logs and husk's processes: what one needs to see why.
     pub fn explain(&self, out: &Output) -> String {
+        format!(
+            "status {:?}\nstdout: {}\nstderr: {}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.diagnostics()
+        )
+    }
+
+    /// The end of containerd's log, the pods' console logs and husk's processes.
+    pub fn diagnostics(&self) -> String {
         let log =
             std::fs::read_to_string(self.opts.work.join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -240,12 +251,7 @@ impl Containerd {
             "for f in {HUSK_STATE_DIR}/*/*/*.log; do [ -f \"$f\" ] && echo \"== $f\" && tail -c 1500 \"$f\"; done; \
              ps -o pid,args 2>/dev/null | grep -E 'husk|virtiofsd|shim|ctr' ; true"
         ));
-        format!(
-            "status {:?}\nstdout: {}\nstderr: {}\ncontainerd log:\n{tail}\npod logs:\n{consoles}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        format!("containerd log:\n{tail}\npod logs:\n{consoles}")
     }
 
     /// Waits until `ctr task ls` shows `id` with `status` (e.g. `RUNNING`).

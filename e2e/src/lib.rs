@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 pub mod cmd;
 pub mod containerd;
+pub mod cri;
 pub mod leftovers;
 pub mod oci_image;
 

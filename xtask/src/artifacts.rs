@@ -17,6 +17,7 @@ pub const BINARIES: &[(&str, &str)] = &[
     ("husk-agent", "husk-agent"),
     ("husk-shim", "containerd-shim-husk-v2"),
     ("husk-e2e", "husk-guest-probe"),
+    ("husk-e2e", "husk-pause"),
     ("husk-e2e", "husk-demo"),
     ("husk-bench", "husk-bench"),
 ];
