@@ -5,7 +5,10 @@
 //! OCI image built here from /bin/busybox, with `ctr run --runtime io.containerd.husk.v2`.
 //! Each container gets its own husk VM. Run with `cargo xtask e2e shim`.
 
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -144,6 +147,19 @@ fn shim_task_commands() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "exec\n");
     let out = d.ctr(&["task", "exec", "--exec-id", "e2", id, "sh", "-c", "exit 4"]);
     assert_eq!(out.status.code(), Some(4), "{}", d.explain(&out));
+    // `ctr task exec` deleted e1 when it ended: the guest forgot it too, so the id is free.
+    let out = d.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        id,
+        "sh",
+        "-c",
+        "echo again",
+    ]);
+    assert!(out.status.success(), "reused exec id: {}", d.explain(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "again\n");
 
     let ps = d.ctr_ok(&["task", "ps", id]);
     assert!(ps.lines().count() >= 2, "ps: {ps}");
@@ -181,6 +197,36 @@ fn shim_task_commands() {
     d.ctr_ok(&["task", "rm", id]);
     d.ctr_ok(&["container", "rm", id]);
     d.assert_nothing_left("after kill");
+
+    // kill --all: the init of a pid namespace ignores a SIGTERM it has no handler for,
+    // its children do not; `wait` returns once they are gone and the shell exits.
+    let id = "family";
+    d.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "sh",
+        "-c",
+        "sleep 1000 & sleep 1001 & wait; exit 5",
+    ]);
+    d.wait_status(id, "RUNNING");
+    d.ctr_ok(&["task", "kill", "--signal", "SIGTERM", id]);
+    std::thread::sleep(Duration::from_secs(1));
+    let ps = d.ctr_ok(&["task", "ps", id]);
+    assert_eq!(
+        ps.lines().count(),
+        4,
+        "init ignored SIGTERM, all alive: {ps}"
+    );
+    d.ctr_ok(&["task", "kill", "--all", "--signal", "SIGTERM", id]);
+    d.wait_status(id, "STOPPED");
+    let out = d.ctr(&["task", "rm", id]);
+    assert!(out.status.success(), "{}", d.explain(&out));
+    d.ctr_ok(&["container", "rm", id]);
+    d.assert_nothing_left("after kill --all");
 
     // A shim that dies: its VM dies with it, and `shim delete` removes the rest.
     let id = "crash";
@@ -265,4 +311,153 @@ fn shim_bad_input_is_refused_cleanly() {
     assert!(err.contains("/nonexistent/vmlinux"), "{}", d.explain(&out));
     let _ = d.ctr(&["container", "rm", "nokernel"]);
     d.assert_nothing_left("after a missing kernel");
+}
+
+#[test]
+fn shim_reports_oom_kills() {
+    let (d, _g) = daemon();
+    let id = "oom";
+    // Every event containerd publishes while the container runs.
+    let mut events = d.ctr_cmd(&["events"]);
+    events.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut events = events.spawn().expect("spawn ctr events");
+    let mut events_out = events.stdout.take().expect("piped");
+    let collected = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = events_out.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    // A shell string that doubles until the 16 MiB cgroup limit OOM-kills the shell.
+    let out = d.run(
+        id,
+        &["--memory-limit", "16777216"],
+        &[
+            "sh",
+            "-c",
+            "x=0123456789abcdef; while true; do x=$x$x; done",
+        ],
+    );
+    let _ = events.kill();
+    let _ = events.wait();
+    let events = collected.join().expect("events reader");
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "OOM kill: {}",
+        d.explain(&out)
+    );
+    let oom: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("/tasks/oom"))
+        .collect();
+    assert!(
+        oom.iter().any(|l| l.contains(&format!("\"{id}\""))),
+        "no /tasks/oom event for {id}; events:\n{events}\n{}",
+        d.explain(&out)
+    );
+    d.assert_nothing_left("after an OOM kill");
+}
+
+/// A pseudo terminal: (master, slave) with the given window size.
+fn openpty(rows: u16, cols: u16) -> (std::fs::File, OwnedFd) {
+    let mut master = -1;
+    let mut slave = -1;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: the out pointers are valid ints; name and termios may be null; ws lives
+    // across the call.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two new descriptors that nothing else owns.
+    unsafe {
+        (
+            std::fs::File::from(OwnedFd::from_raw_fd(master)),
+            OwnedFd::from_raw_fd(slave),
+        )
+    }
+}
+
+#[test]
+fn shim_runs_a_terminal_container() {
+    let (d, _g) = daemon();
+    // `ctr run -t` puts its own stdin into raw mode: it needs a terminal.
+    let (mut master, slave) = openpty(24, 80);
+    let mut cmd = d.ctr_cmd(&[
+        "run",
+        "-t",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "term",
+        "sh",
+        "-c",
+        // ctr sends the window size right after start: wait for it.
+        "i=0; while [ \"$(stty size)\" = '0 0' ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+         stty size; tty; echo done; exit 3",
+    ]);
+    cmd.stdin(Stdio::from(slave.try_clone().expect("dup slave")))
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ctr run -t");
+    drop(cmd); // our copies of the slave: the master sees EOF (EIO) once ctr is gone
+    let mut stderr = child.stderr.take().expect("piped");
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let output = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let mut buf = [0u8; 4096];
+        // A pty master reads EIO when no slave is left open.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            v.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let deadline = Instant::now() + CTR_TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = output.join().expect("output");
+    let err = err.join().expect("stderr");
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(3),
+        "ctr run -t: output {out:?} stderr {err}"
+    );
+    assert!(lines.contains(&"24 80"), "window size: {out:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("/dev/pts/")),
+        "no tty: {out:?}"
+    );
+    assert!(lines.contains(&"done"), "{out:?}");
+    d.assert_nothing_left("after a terminal container");
 }
