@@ -192,15 +192,15 @@ impl Inner {
     }
 
     fn run(&self) {
+        let mut inotify = self.inotify.as_ref();
         loop {
-            match &self.inotify {
+            match inotify {
                 Some(ino) => match ino.read() {
                     Ok(wds) => self.check_all(Some(&wds)),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::warn!("inotify read: {e}; polling memory.events instead");
-                        self.check_all(None);
-                        std::thread::sleep(POLL_INTERVAL);
+                        inotify = None;
                     }
                 },
                 None => {
@@ -224,6 +224,10 @@ impl OomWatcher {
         let inotify = Inotify::new()
             .map_err(|e| tracing::warn!("{e}: polling memory.events"))
             .ok();
+        Self::start_with(inotify)
+    }
+
+    fn start_with(inotify: Option<Inotify>) -> std::io::Result<Self> {
         let inner = Arc::new(Inner {
             inotify,
             state: Mutex::new(State::default()),
@@ -239,7 +243,7 @@ impl OomWatcher {
     /// Watches `memory_events` (a container cgroup's `memory.events`) for container `id`;
     /// kills counted before this call are not reported.
     pub fn watch(&self, id: &str, memory_events: &Path) -> Result<(), OomError> {
-        let wd = match &self.inner.inotify {
+        let new_wd = match &self.inner.inotify {
             Some(ino) => Some(ino.add(memory_events)?),
             None => None,
         };
@@ -248,11 +252,19 @@ impl OomWatcher {
             .and_then(|t| oom_kills(&t))
             .unwrap_or(0);
         let mut state = self.inner.lock();
-        state.watches.retain(|w| w.id != id);
+        if let Some(i) = state.watches.iter().position(|w| w.id == id) {
+            let old = state.watches.remove(i);
+            if let (Some(ino), Some(wd)) = (&self.inner.inotify, old.wd) {
+                // The same file gives the same descriptor: keep it.
+                if Some(wd) != new_wd {
+                    ino.remove(wd);
+                }
+            }
+        }
         state.watches.push(Watch {
             id: id.to_string(),
             path: memory_events.to_path_buf(),
-            wd,
+            wd: new_wd,
             kills,
         });
         Ok(())
@@ -342,21 +354,30 @@ mod tests {
 
     #[test]
     fn reports_a_growing_counter_once_per_change_and_nothing_else() {
+        let inotify = Inotify::new().expect("inotify");
+        scenario(&OomWatcher::start_with(Some(inotify)).expect("start"));
+    }
+
+    #[test]
+    fn polling_without_inotify_reports_the_same() {
+        scenario(&OomWatcher::start_with(None).expect("start"));
+    }
+
+    fn scenario(w: &OomWatcher) {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = dir.path().join("a.events");
         let b = dir.path().join("b.events");
         write(&a, 4, 0);
         write(&b, 0, 0);
-        let w = OomWatcher::start().expect("start");
         w.watch("a", &a).expect("watch a");
         w.watch("b", &b).expect("watch b");
         // Old kills and other counters are not OOM events.
         write(&b, 0, 5);
         write(&a, 4, 1);
-        assert_eq!(w.next(Duration::from_millis(300)), None);
+        assert_eq!(w.next(POLL_INTERVAL * 2), None);
         write(&b, 2, 5);
         assert_eq!(w.next(Duration::from_secs(5)).as_deref(), Some("b"));
-        assert_eq!(w.next(Duration::from_millis(300)), None);
+        assert_eq!(w.next(POLL_INTERVAL * 2), None);
         write(&a, 5, 1);
         assert_eq!(w.next(Duration::from_secs(5)).as_deref(), Some("a"));
         // A kill right before unwatch is still reported; afterwards nothing is.
@@ -364,6 +385,6 @@ mod tests {
         w.unwatch("b");
         assert_eq!(w.next(Duration::from_secs(5)).as_deref(), Some("b"));
         write(&b, 4, 5);
-        assert_eq!(w.next(Duration::from_millis(300)), None);
+        assert_eq!(w.next(POLL_INTERVAL * 2), None);
     }
 }
