@@ -31,7 +31,16 @@ pub fn agent_initramfs(agent: &Path) -> initramfs::Result<Initramfs> {
 
 /// Writes the guest initramfs to `out` (gzip-compressed).
 pub fn write_agent_initramfs(agent: &Path, out: &Path) -> initramfs::Result<()> {
-    agent_initramfs(agent)?.write_file(out, Compression::Gzip)
+    write_agent_initramfs_as(agent, out, Compression::Gzip)
+}
+
+/// Writes the guest initramfs to `out` with `compression`.
+pub fn write_agent_initramfs_as(
+    agent: &Path,
+    out: &Path,
+    compression: Compression,
+) -> initramfs::Result<()> {
+    agent_initramfs(agent)?.write_file(out, compression)
 }
 
 #[cfg(test)]

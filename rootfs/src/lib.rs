@@ -10,3 +10,4 @@ pub mod guest_image;
 pub mod initramfs;
 pub mod kconfig;
 pub mod kernel;
+pub mod lz4_legacy;
