@@ -12,8 +12,13 @@ use crate::procfs::{self, ProcessMemory};
 
 /// The line husk-agent prints when it starts (guest init).
 pub const INIT_MARKER: &str = "husk-agent";
-/// Guest command line used for both VMMs.
-pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+/// Guest command line used for both VMMs: the shim's (`BASE_CMDLINE` of
+/// husk-shim's sandbox module, with `quiet`).
+pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp \
+                           i8042.dumbkbd quiet";
+/// Guest command line of a traced boot: kernel messages with timestamps.
+pub const TRACE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux \
+                                 i8042.nopnp i8042.dumbkbd printk.time=1";
 
 /// Errors of one boot measurement.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,11 @@ pub struct BootSample {
 
 /// The husk-vmm command line for `guest`.
 pub fn husk_command(vmm: &Path, guest: &Guest) -> Command {
+    husk_command_with(vmm, guest, CMDLINE)
+}
+
+/// The husk-vmm command line for `guest` with kernel command line `cmdline`.
+pub fn husk_command_with(vmm: &Path, guest: &Guest, cmdline: &str) -> Command {
     let mut cmd = Command::new(vmm);
     cmd.arg("--kernel")
         .arg(&guest.kernel)
@@ -66,7 +76,7 @@ pub fn husk_command(vmm: &Path, guest: &Guest) -> Command {
             "--memory-mib",
             &guest.memory_mib.to_string(),
         ])
-        .args(["--serial", "stdout", "--cmdline", CMDLINE]);
+        .args(["--serial", "stdout", "--cmdline", cmdline]);
     cmd
 }
 
@@ -94,9 +104,22 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Console lines up to and including the init marker, each with the time
+/// since the VMM was spawned.
+pub type Trace = Vec<(Duration, String)>;
+
 /// Boots once with `cmd`, returning the time to the marker; the VMM is
 /// killed afterwards.
-pub fn boot_once(name: &str, mut cmd: Command, timeout: Duration) -> Result<BootSample, Error> {
+pub fn boot_once(name: &str, cmd: Command, timeout: Duration) -> Result<BootSample, Error> {
+    boot(name, cmd, timeout).map(|(sample, _)| sample)
+}
+
+/// Boots once with `cmd` and returns every console line up to the marker.
+pub fn trace(name: &str, cmd: Command, timeout: Duration) -> Result<Trace, Error> {
+    boot(name, cmd, timeout).map(|(_, lines)| lines)
+}
+
+fn boot(name: &str, mut cmd: Command, timeout: Duration) -> Result<(BootSample, Trace), Error> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -112,23 +135,27 @@ pub fn boot_once(name: &str, mut cmd: Command, timeout: Duration) -> Result<Boot
             }
         }
     });
-    let mut last = String::new();
+    let mut lines = Trace::new();
     loop {
         let left = timeout.saturating_sub(started.elapsed());
         match rx.recv_timeout(left) {
-            Ok((at, line)) if line.contains(INIT_MARKER) => {
-                let memory = procfs::process_memory(child.0.id(), "guest").unwrap_or_default();
-                return Ok(BootSample {
-                    to_marker: at - started,
-                    memory,
-                });
+            Ok((at, line)) => {
+                let hit = line.contains(INIT_MARKER);
+                lines.push((at - started, line));
+                if hit {
+                    let memory = procfs::process_memory(child.0.id(), "guest").unwrap_or_default();
+                    let sample = BootSample {
+                        to_marker: at - started,
+                        memory,
+                    };
+                    return Ok((sample, lines));
+                }
             }
-            Ok((_, line)) => last = line,
             Err(_) => {
                 return Err(Error::NoMarker {
                     vmm: name.to_string(),
                     timeout,
-                    last,
+                    last: lines.pop().map(|(_, l)| l).unwrap_or_default(),
                 })
             }
         }

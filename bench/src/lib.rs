@@ -4,6 +4,9 @@
 //! a threshold.
 
 pub mod boot;
+pub mod containers;
+pub mod ctr;
+pub mod podmem;
 pub mod procfs;
 pub mod report;
 pub mod stats;

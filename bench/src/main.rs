@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use husk_bench::boot::{self, Guest};
+use husk_bench::containers::{self, Plan};
 use husk_bench::report::{self, Row};
 use husk_bench::stats::Summary;
+use husk_e2e::containerd::{Containerd, Options};
+use husk_e2e::Artifacts;
 
 /// Prefix of the JSON line, so a wrapper can pick it out of a console log.
 const JSON_PREFIX: &str = "HUSK-BENCH-JSON ";
@@ -28,23 +31,113 @@ struct Cli {
     /// Directory with husk-vmm.
     #[arg(long, env = "HUSK_BIN_DIR")]
     bin_dir: PathBuf,
+    /// More initramfs images to boot husk with, each `NAME=PATH`; each gets a
+    /// row against the default initrd (compression and size experiments).
+    #[arg(long = "alt-initrd", value_parser = parse_alt)]
+    alt_initrds: Vec<(String, PathBuf)>,
+    /// More kernel parameters to boot husk with, each `NAME=PARAMS` (appended
+    /// to the default command line); each gets a row against the default.
+    #[arg(long = "alt-cmdline", value_parser = parse_alt_cmdline)]
+    alt_cmdlines: Vec<(String, String)>,
     /// QEMU binary for the microvm anchor.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     memory_mib: u32,
+    /// Pods of the memory and parallel-start figures.
+    #[arg(long, default_value_t = 10)]
+    pods: usize,
+    /// Rounds of the many-pod figures (each starts the pods twice).
+    #[arg(long, default_value_t = 1)]
+    pod_rounds: usize,
+    /// Guest memory per pod in MiB (containerd figures).
+    #[arg(long, default_value_t = 128)]
+    pod_memory_mib: u32,
+    /// Scratch directory for the private containerd.
+    #[arg(long, env = "HUSK_WORK_DIR", default_value = "/tmp/husk-bench")]
+    work_dir: PathBuf,
+    /// First print one husk boot's console with timestamps (where boot time goes).
+    #[arg(long)]
+    boot_trace: bool,
+    /// Give up (exit 2) after this many seconds, keeping the tables printed so far.
+    #[arg(long, default_value_t = 1080)]
+    deadline_s: u64,
+    /// Only the boot figures (no containerd).
+    #[arg(long)]
+    boot_only: bool,
     /// Also write the JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+fn parse_alt(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s.split_once('=').ok_or("expected NAME=PATH")?;
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+fn parse_alt_cmdline(s: &str) -> Result<(String, String), String> {
+    let (name, params) = s.split_once('=').ok_or("expected NAME=PARAMS")?;
+    Ok((name.to_string(), params.to_string()))
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The containerd figures; a panic of the harness (containerd missing, image
+/// import failed) becomes an error instead of losing the boot figures.
+fn container_figures(cli: &Cli) -> (Vec<Row>, Vec<String>) {
+    let artifacts = Artifacts {
+        kernel: cli.kernel.clone(),
+        initrd: cli.initrd.clone(),
+        bin_dir: cli.bin_dir.clone(),
+        work_dir: cli.work_dir.clone(),
+    };
+    let mut opts = Options::new(cli.work_dir.join("containerd"));
+    opts.namespace = "husk-bench".into();
+    opts.memory_mib = cli.pod_memory_mib;
+    opts.debug = false;
+    let plan = Plan {
+        runs: cli.runs,
+        pods: cli.pods,
+        pod_rounds: cli.pod_rounds,
+    };
+    let pods = cli.pods;
+    let measured = std::panic::catch_unwind(|| {
+        let d = Containerd::start(artifacts, opts);
+        containers::measure(&d, plan, &mut |s| {
+            print!(
+                "husk-bench: figures so far\n{}",
+                report::table(&s.rows(pods))
+            );
+        })
+    });
+    match measured {
+        Ok(s) => (s.rows(cli.pods), s.errors),
+        Err(p) => {
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            (Vec::new(), vec![format!("containerd harness: {why}")])
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let deadline = Duration::from_secs(cli.deadline_s);
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        eprintln!("husk-bench: deadline of {deadline:?} reached; giving up");
+        std::process::exit(2);
+    });
     let guest = Guest {
         kernel: cli.kernel.clone(),
         initrd: cli.initrd.clone(),
@@ -52,8 +145,35 @@ fn main() -> ExitCode {
     };
     let timeout = Duration::from_secs(60);
     let vmm = cli.bin_dir.join("husk-vmm");
+    if cli.boot_trace {
+        let cmd = boot::husk_command_with(&vmm, &guest, boot::TRACE_CMDLINE);
+        match boot::trace("husk-vmm", cmd, timeout) {
+            Ok(lines) => {
+                for (at, line) in lines {
+                    println!("boot-trace {:>8.1} ms | {line}", ms(at));
+                }
+            }
+            Err(e) => eprintln!("husk-bench: boot trace: {e}"),
+        }
+    }
     let mut husk_boot = Vec::new();
     let mut husk_overhead = Vec::new();
+    let mut husk_touched = Vec::new();
+    // Variants of the husk boot: (name, initrd, kernel command line).
+    let mut alts: Vec<(String, PathBuf, String)> = Vec::new();
+    for (name, initrd) in &cli.alt_initrds {
+        alts.push((
+            format!("initrd {name}"),
+            initrd.clone(),
+            boot::CMDLINE.into(),
+        ));
+    }
+    for (name, params) in &cli.alt_cmdlines {
+        let cmdline = format!("{} {params}", boot::CMDLINE);
+        alts.push((format!("cmdline {name}"), cli.initrd.clone(), cmdline));
+    }
+    let mut alt_boot = vec![Vec::new(); alts.len()];
+    let mut alt_touched = vec![Vec::new(); alts.len()];
     let mut qemu_boot = Vec::new();
     let mut errors = Vec::new();
     for run in 0..cli.runs {
@@ -72,14 +192,29 @@ fn main() -> ExitCode {
             match boot::boot_once(name, cmd, timeout) {
                 Ok(sample) if husk => {
                     husk_boot.push(ms(sample.to_marker));
-                    husk_overhead.push(sample.memory.overhead_kib() as f64 / 1024.0);
+                    husk_overhead.push(mib(sample.memory.overhead_kib()));
+                    husk_touched.push(mib(sample.memory.guest_rss_kib));
                 }
                 Ok(sample) => qemu_boot.push(ms(sample.to_marker)),
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        for (i, (name, initrd, cmdline)) in alts.iter().enumerate() {
+            let alt = Guest {
+                initrd: initrd.clone(),
+                ..guest.clone()
+            };
+            let cmd = boot::husk_command_with(&vmm, &alt, cmdline);
+            match boot::boot_once(name, cmd, timeout) {
+                Ok(sample) => {
+                    alt_boot[i].push(ms(sample.to_marker));
+                    alt_touched[i].push(mib(sample.memory.guest_rss_kib));
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
     }
-    let rows = vec![
+    let mut rows = vec![
         Row {
             figure: "boot: VMM start to guest init".into(),
             unit: "ms".into(),
@@ -94,7 +229,36 @@ fn main() -> ExitCode {
             anchor_name: "-".into(),
             anchor: None,
         },
+        Row {
+            figure: "guest RAM touched at init".into(),
+            unit: "MiB".into(),
+            husk: Summary::of(&husk_touched),
+            anchor_name: "-".into(),
+            anchor: None,
+        },
     ];
+    for (i, (name, _, _)) in alts.iter().enumerate() {
+        rows.push(Row {
+            figure: format!("boot with {name}"),
+            unit: "ms".into(),
+            husk: Summary::of(&alt_boot[i]),
+            anchor_name: "default".into(),
+            anchor: Summary::of(&husk_boot),
+        });
+        rows.push(Row {
+            figure: format!("guest RAM touched, {name}"),
+            unit: "MiB".into(),
+            husk: Summary::of(&alt_touched[i]),
+            anchor_name: "default".into(),
+            anchor: Summary::of(&husk_touched),
+        });
+    }
+    if !cli.boot_only {
+        print!("husk-bench: boot figures\n{}", report::table(&rows));
+        let (more, errs) = container_figures(&cli);
+        rows.extend(more);
+        errors.extend(errs);
+    }
     print!("{}", report::table(&rows));
     for e in &errors {
         eprintln!("husk-bench: {e}");

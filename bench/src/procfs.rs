@@ -1,4 +1,5 @@
-//! Memory figures of running processes, from `/proc/<pid>/smaps`.
+//! Memory figures of running processes, from `/proc/<pid>/smaps` and
+//! `smaps_rollup`, and the process trees they are summed over.
 
 /// Memory of one process, in KiB.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,6 +54,66 @@ pub fn process_memory(pid: u32, guest_marker: &str) -> std::io::Result<ProcessMe
     Ok(parse_smaps(&text, guest_marker))
 }
 
+/// Parses the `Pss:` line of `/proc/<pid>/smaps_rollup`, in KiB.
+pub fn parse_rollup_pss(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix("Pss:")?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Proportional set size of process `pid` in KiB (from `smaps_rollup`).
+pub fn pss_kib(pid: u32) -> std::io::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    parse_rollup_pss(&text).ok_or_else(|| std::io::Error::other("no Pss in smaps_rollup"))
+}
+
+/// The parent pid in the text of `/proc/<pid>/stat` (the field after the
+/// parenthesised command name, which may itself contain spaces or parens).
+pub fn parse_stat_ppid(text: &str) -> Option<u32> {
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every process as `(pid, parent pid)`.
+pub fn processes() -> Vec<(u32, u32)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            Some((pid, parse_stat_ppid(&stat)?))
+        })
+        .collect()
+}
+
+/// `root` and all its descendants, given `(pid, ppid)` pairs.
+pub fn tree(root: u32, procs: &[(u32, u32)]) -> Vec<u32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(
+            procs
+                .iter()
+                .filter(|(pid, ppid)| *ppid == parent && *pid != parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    out
+}
+
+/// The program a process runs: the file name of its `argv[0]`.
+pub fn program(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let argv0 = String::from_utf8_lossy(argv0);
+    argv0.rsplit('/').next().unwrap_or_default().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +140,31 @@ Pss:                  16 kB
         assert_eq!(m.pss_kib, 20416);
         assert_eq!(m.guest_rss_kib, 40000);
         assert_eq!(m.overhead_kib(), 816);
+    }
+
+    #[test]
+    fn rollup_and_stat_fields() {
+        let rollup = "00400000-7fff0000 ---p 00000000 00:00 0 [rollup]\nRss: 900 kB\nPss: 456 kB\n";
+        assert_eq!(parse_rollup_pss(rollup), Some(456));
+        assert_eq!(parse_rollup_pss("Rss: 1 kB\n"), None);
+        let stat = "42 (a) b (c)) S 7 42 42 0 -1";
+        assert_eq!(parse_stat_ppid(stat), Some(7));
+    }
+
+    #[test]
+    fn tree_collects_descendants_only() {
+        let procs = [(1, 0), (10, 1), (11, 10), (12, 11), (20, 1), (21, 20)];
+        let mut t = tree(10, &procs);
+        t.sort();
+        assert_eq!(t, vec![10, 11, 12]);
+    }
+
+    #[test]
+    fn finds_own_process_and_program() {
+        let me = std::process::id();
+        assert!(processes().iter().any(|(pid, _)| *pid == me));
+        assert!(pss_kib(me).unwrap() > 0);
+        assert!(!program(me).is_empty());
     }
 
     #[test]
