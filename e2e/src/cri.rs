@@ -17,8 +17,8 @@ use k8s_cri::v1::{
     Container, ContainerConfig, ContainerFilter, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, Image, ImageSpec,
     ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxConfig,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
-    VersionRequest, VersionResponse,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, VersionRequest, VersionResponse,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -235,6 +235,30 @@ impl CriClient {
         self.call(
             "StartContainer",
             async move { c.start_container(req).await },
+        )
+        .map(drop)
+    }
+
+    /// `StopContainer`: the stop signal, then SIGKILL after `grace` (whole seconds).
+    pub fn stop_container(&self, id: &str, grace: Duration) -> Result<(), CriError> {
+        let mut c = self.runtime.clone();
+        let req = StopContainerRequest {
+            container_id: id.into(),
+            timeout: i64::try_from(grace.as_secs()).unwrap_or(i64::MAX),
+        };
+        self.call("StopContainer", async move { c.stop_container(req).await })
+            .map(drop)
+    }
+
+    /// `RemoveContainer`.
+    pub fn remove_container(&self, id: &str) -> Result<(), CriError> {
+        let mut c = self.runtime.clone();
+        let req = RemoveContainerRequest {
+            container_id: id.into(),
+        };
+        self.call(
+            "RemoveContainer",
+            async move { c.remove_container(req).await },
         )
         .map(drop)
     }

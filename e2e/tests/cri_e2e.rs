@@ -32,6 +32,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(240);
 const EXEC_TIMEOUT: Duration = Duration::from_secs(120);
 /// The pod's hostname, which CRI binds into the containers as /etc/hostname.
 const POD_HOSTNAME: &str = "husk-pod";
+/// Guest memory the pod asks for with `io.husk.memory_mib` (the husk default is 256).
+const POD_MEMORY_MIB: u64 = 320;
 
 /// containerd's CRI plugin section: husk as runtime `husk`, runc the default.
 fn cri_config(work: &Path) -> String {
@@ -102,7 +104,8 @@ fn wait_for_image(d: &Containerd, cri: &CriClient, reference: &str) {
 }
 
 /// The pod: node network (no CNI), its own PID namespace per container, a
-/// kubelet-like cgroup parent and log directory.
+/// kubelet-like cgroup parent and log directory, and a husk VM size annotation
+/// (passed on by the runtime's `pod_annotations`).
 fn pod_config(log_dir: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
@@ -113,6 +116,10 @@ fn pod_config(log_dir: &Path) -> PodSandboxConfig {
         }),
         hostname: POD_HOSTNAME.into(),
         log_directory: log_dir.display().to_string(),
+        annotations: HashMap::from([(
+            "io.husk.memory_mib".to_string(),
+            POD_MEMORY_MIB.to_string(),
+        )]),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: "/kubepods/besteffort/pod6f1d6a52".into(),
             security_context: Some(LinuxSandboxSecurityContext {
@@ -163,6 +170,16 @@ fn why(d: &Containerd) -> String {
         noted[noted.len().saturating_sub(60)..].join("\n"),
         d.diagnostics()
     )
+}
+
+/// containerd's warning and error lines after its start (the missing CNI
+/// config is expected), for the test's output.
+fn problems(d: &Containerd) -> String {
+    let log = std::fs::read_to_string(d.opts.work.join("containerd.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| (l.contains("level=error") || l.contains("level=warn")) && !l.contains("cni"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Pids of host processes whose command name is `comm`.
@@ -255,9 +272,12 @@ fn cri_pod_of_two_containers_shares_one_vm() {
         );
     }
 
-    // One VM (and one shim) for the whole pod.
+    // One VM and one shim for the whole pod ("containerd-shim-husk-v2" is cut
+    // to 15 bytes in comm).
     let vmms = pids_of("husk-vmm");
     assert_eq!(vmms.len(), 1, "husk-vmm processes: {vmms:?}\n{}", why(&d));
+    let shims = pids_of("containerd-shim");
+    assert_eq!(shims.len(), 1, "shim processes: {shims:?}\n{}", why(&d));
 
     // Both containers run under the same guest kernel boot, not the host's.
     let t = Instant::now();
@@ -291,6 +311,18 @@ fn cri_pod_of_two_containers_shares_one_vm() {
         "guest {guest_kernel:?} host {host_kernel:?}"
     );
 
+    // The VM has the memory the pod annotation asked for, not the default.
+    let meminfo = exec_ok(&d, &cri, &ids[0], &["head", "-n", "1", "/proc/meminfo"]);
+    let total_kib: u64 = meminfo
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("meminfo {meminfo:?}"));
+    assert!(
+        total_kib > 256 * 1024 && total_kib <= POD_MEMORY_MIB * 1024,
+        "guest MemTotal {total_kib} kB for io.husk.memory_mib={POD_MEMORY_MIB}"
+    );
+
     // ExecSync reports exit code, stdout and stderr apart.
     let (code, out, err) = exec(
         &d,
@@ -319,6 +351,37 @@ fn cri_pod_of_two_containers_shares_one_vm() {
         );
     }
 
+    // One container is stopped (`sleep`, PID 1 of its PID namespace, ignores
+    // SIGTERM: SIGKILL after the grace period) and removed, as the kubelet does;
+    // the pod's VM and its other container go on.
+    let t = Instant::now();
+    cri.stop_container(&ids[1], Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("stop c2: {e}\n{}", why(&d)));
+    let t_stop = millis(t);
+    let status = cri
+        .container_status(&ids[1])
+        .unwrap_or_else(|e| panic!("status of c2: {e}\n{}", why(&d)))
+        .expect("c2 status");
+    assert_eq!(
+        status.state,
+        ContainerState::ContainerExited as i32,
+        "{status:?}"
+    );
+    assert_eq!(status.exit_code, 137, "c2 was killed: {status:?}");
+    cri.remove_container(&ids[1])
+        .unwrap_or_else(|e| panic!("remove c2: {e}\n{}", why(&d)));
+    assert_eq!(
+        exec_ok(
+            &d,
+            &cri,
+            &ids[0],
+            &["cat", "/proc/sys/kernel/random/boot_id"]
+        ),
+        boot1,
+        "c1 lost its VM when c2 was removed"
+    );
+    assert_eq!(pids_of("husk-vmm").len(), 1, "{}", why(&d));
+
     let t = Instant::now();
     cri.stop_pod_sandbox(&pod_id)
         .unwrap_or_else(|e| panic!("stop pod: {e}\n{}", why(&d)));
@@ -328,13 +391,11 @@ fn cri_pod_of_two_containers_shares_one_vm() {
         .into_iter()
         .map(|c| (c.id, c.state))
         .collect();
-    for id in &ids {
-        assert_eq!(
-            states.get(id),
-            Some(&(ContainerState::ContainerExited as i32)),
-            "{id} after stopping the pod: {states:?}"
-        );
-    }
+    assert_eq!(
+        states,
+        HashMap::from([(ids[0].clone(), ContainerState::ContainerExited as i32)]),
+        "containers after stopping the pod"
+    );
     cri.remove_pod_sandbox(&pod_id)
         .unwrap_or_else(|e| panic!("remove pod: {e}\n{}", why(&d)));
     let t_down = millis(t);
@@ -351,8 +412,13 @@ fn cri_pod_of_two_containers_shares_one_vm() {
     d.assert_nothing_left("after removing the pod");
 
     eprintln!(
+        "containerd warnings and errors after the start:\n{}",
+        problems(&d)
+    );
+    eprintln!(
         "FIGURE CRI pod (husk): RunPodSandbox {t_pod}; create+start c1 {}, c2 {}; \
-         first ExecSync {t_exec}; stop+remove {t_down}; whole test {}",
+         first ExecSync {t_exec}; StopContainer (2 s grace) {t_stop}; \
+         stop+remove pod {t_down}; whole test {}",
         t_containers[0],
         t_containers[1],
         millis(started)
