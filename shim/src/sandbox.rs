@@ -240,15 +240,12 @@ impl Sandbox {
             vm: None,
             armed: true,
         };
-        let v = virtiofsd::start(
-            &virtiofsd_bin,
-            &paths.fs_socket,
-            &paths.shared,
-            &paths.file("virtiofsd.log"),
-            VIRTIOFSD_TIMEOUT,
-        )?;
+        // virtiofsd and the VMM start side by side: husk-vmm retries connecting to the
+        // vhost-user socket, so the VMM's own start overlaps virtiofsd's.
+        let fs_log = paths.file("virtiofsd.log");
+        let v = virtiofsd::spawn(&virtiofsd_bin, &paths.fs_socket, &paths.shared, &fs_log)?;
         let _ = std::fs::write(paths.file("virtiofsd.pid"), v.id().to_string());
-        partial.virtiofsd = Some(v);
+        let v = partial.virtiofsd.insert(v);
 
         let spec = VmSpec {
             kernel: config.kernel.clone(),
@@ -266,6 +263,7 @@ impl Sandbox {
         };
         let vm = launcher.launch(&spec)?;
         let _ = std::fs::write(paths.file("vmm.pid"), vm.pid().to_string());
+        virtiofsd::wait_socket(v, &paths.fs_socket, &fs_log, VIRTIOFSD_TIMEOUT)?;
         let vm = partial.vm.insert(vm);
 
         let agent = wait_for_agent(config, &paths, vm.as_ref())?;

@@ -53,6 +53,19 @@ pub fn start(
     log: &Path,
     timeout: Duration,
 ) -> Result<Child, VirtiofsdError> {
+    let mut proc = spawn(binary, socket, shared, log)?;
+    wait_socket(&mut proc, socket, log, timeout)?;
+    Ok(proc)
+}
+
+/// Starts virtiofsd without waiting for its socket, so that the VMM can start
+/// meanwhile (it retries connecting); [`wait_socket`] checks on it later.
+pub fn spawn(
+    binary: &Path,
+    socket: &Path,
+    shared: &Path,
+    log: &Path,
+) -> Result<Child, VirtiofsdError> {
     let spawn_err = |source| VirtiofsdError::Spawn {
         binary: binary.to_path_buf(),
         source,
@@ -64,16 +77,26 @@ pub fn start(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    let mut proc = child::spawn_tied(cmd).map_err(spawn_err)?;
+    child::spawn_tied(cmd).map_err(spawn_err)
+}
+
+/// Waits until virtiofsd (`proc`, logging to `log`) has created `socket`; on
+/// failure stops it and reports its exit status and log.
+pub fn wait_socket(
+    proc: &mut Child,
+    socket: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> Result<(), VirtiofsdError> {
     let deadline = Instant::now() + timeout;
     loop {
         if socket.exists() {
-            return Ok(proc);
+            return Ok(());
         }
         let exited = matches!(proc.try_wait(), Ok(Some(_)));
         if exited || Instant::now() >= deadline {
             let status = proc.try_wait().ok().flatten();
-            child::stop(&mut proc, Duration::from_millis(200));
+            child::stop(proc, Duration::from_millis(200));
             let text = std::fs::read_to_string(log).unwrap_or_default();
             return Err(VirtiofsdError::NoSocket {
                 socket: socket.to_path_buf(),
