@@ -11,10 +11,9 @@ use husk_rootfs::{guest_image, kernel::KernelBuild};
 /// The target triple static binaries are built for. Naming it explicitly
 /// keeps `crt-static` away from build scripts and proc macros.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
-/// Binaries that go into the test host (and the guest).
+/// Binaries that go into the test host.
 pub const BINARIES: &[(&str, &str)] = &[
     ("husk-vmm", "husk-vmm"),
-    ("husk-agent", "husk-agent"),
     ("husk-shim", "containerd-shim-husk-v2"),
     ("husk-e2e", "husk-guest-probe"),
     ("husk-e2e", "husk-pause"),
@@ -63,12 +62,40 @@ fn cargo() -> Command {
     cmd
 }
 
+/// The guest agent: built with the `guest` profile (for size: the whole binary
+/// is copied into every guest's RAM).
+pub const AGENT: (&str, &str) = ("husk-agent", "husk-agent");
+/// Cargo profile of the guest agent.
+pub const GUEST_PROFILE: &str = "guest";
+
 fn static_cargo(args: &[&str]) -> Command {
+    static_cargo_profile(args, "release")
+}
+
+fn static_cargo_profile(args: &[&str], profile: &str) -> Command {
     let mut cmd = cargo();
     cmd.args(args)
-        .args(["--release", "--target", TARGET])
+        .args(["--profile", profile, "--target", TARGET])
         .env("RUSTFLAGS", "-C target-feature=+crt-static");
     cmd
+}
+
+/// Builds the guest agent with [`GUEST_PROFILE`] and copies it into `bin_dir`.
+fn build_agent(bin_dir: &Path) -> Result<()> {
+    let (package, bin) = AGENT;
+    let status = static_cargo_profile(&["build", "-p", package, "--bin", bin], GUEST_PROFILE)
+        .status()
+        .context("run cargo build (agent)")?;
+    if !status.success() {
+        bail!("static build of the agent failed ({status})");
+    }
+    let src = workspace_root()
+        .join("target")
+        .join(TARGET)
+        .join(GUEST_PROFILE)
+        .join(bin);
+    std::fs::copy(&src, bin_dir.join(bin)).with_context(|| format!("copy {}", src.display()))?;
+    Ok(())
 }
 
 /// Builds the static binaries and the e2e test executables; returns the
@@ -89,6 +116,7 @@ fn build_static(bin_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         std::fs::copy(&src, bin_dir.join(bin))
             .with_context(|| format!("copy {}", src.display()))?;
     }
+    build_agent(bin_dir)?;
 
     let output = static_cargo(&[
         "test",
