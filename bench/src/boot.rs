@@ -15,10 +15,12 @@ pub const INIT_MARKER: &str = "husk-agent";
 /// Guest command line used for both VMMs: the shim's (`BASE_CMDLINE` of
 /// husk-shim's sandbox module, with `quiet`).
 pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp \
-                           i8042.dumbkbd quiet";
-/// Guest command line of a traced boot: kernel messages with timestamps.
+                           i8042.dumbkbd i8042.nokbd rcupdate.rcu_expedited=1 quiet";
+/// Guest command line of a traced boot: kernel messages with timestamps and
+/// each init call's duration.
 pub const TRACE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux \
-                                 i8042.nopnp i8042.dumbkbd printk.time=1";
+                                 i8042.nopnp i8042.dumbkbd i8042.nokbd \
+                                 rcupdate.rcu_expedited=1 printk.time=1 initcall_debug";
 
 /// Errors of one boot measurement.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,26 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Init calls shorter than this are left out of a printed trace.
+const SLOW_INITCALL_US: u64 = 5000;
+
+/// Whether a traced console line is worth printing: everything but
+/// `initcall_debug`'s "calling" lines and init calls faster than 5 ms.
+pub fn worth_showing(line: &str) -> bool {
+    if line.contains("] calling ") {
+        return false;
+    }
+    match line.split_once(" returned ") {
+        Some((_, rest)) => rest
+            .split_whitespace()
+            .skip_while(|w| *w != "after")
+            .nth(1)
+            .and_then(|us| us.parse::<u64>().ok())
+            .is_none_or(|us| us >= SLOW_INITCALL_US),
+        None => true,
+    }
+}
+
 /// Console lines up to and including the init marker, each with the time
 /// since the VMM was spawned.
 pub type Trace = Vec<(Duration, String)>;
@@ -111,18 +133,24 @@ pub type Trace = Vec<(Duration, String)>;
 /// Boots once with `cmd`, returning the time to the marker; the VMM is
 /// killed afterwards.
 pub fn boot_once(name: &str, cmd: Command, timeout: Duration) -> Result<BootSample, Error> {
-    boot(name, cmd, timeout).map(|(sample, _)| sample)
+    boot(name, cmd, Stdio::null(), timeout).map(|(sample, _)| sample)
 }
 
-/// Boots once with `cmd` and returns every console line up to the marker.
+/// Boots once with `cmd` and returns every console line up to the marker; the
+/// VMM's own log goes to our stderr.
 pub fn trace(name: &str, cmd: Command, timeout: Duration) -> Result<Trace, Error> {
-    boot(name, cmd, timeout).map(|(_, lines)| lines)
+    boot(name, cmd, Stdio::inherit(), timeout).map(|(_, lines)| lines)
 }
 
-fn boot(name: &str, mut cmd: Command, timeout: Duration) -> Result<(BootSample, Trace), Error> {
+fn boot(
+    name: &str,
+    mut cmd: Command,
+    stderr: Stdio,
+    timeout: Duration,
+) -> Result<(BootSample, Trace), Error> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(stderr);
     let started = Instant::now();
     let mut child = KillOnDrop(cmd.spawn().map_err(|e| Error::Spawn(name.to_string(), e))?);
     let stdout = child.0.stdout.take().expect("stdout is piped");
@@ -159,5 +187,22 @@ fn boot(name: &str, mut cmd: Command, timeout: Duration) -> Result<(BootSample, 
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_keeps_messages_and_slow_initcalls_only() {
+        assert!(worth_showing("[    0.1] Run /init as init process"));
+        assert!(!worth_showing("[    0.1] calling  fuse_init+0x0/0x1a0 @ 1"));
+        assert!(!worth_showing(
+            "[    0.2] initcall fuse_init+0x0/0x1a0 returned 0 after 812 usecs"
+        ));
+        assert!(worth_showing(
+            "[    0.2] initcall serial8250_init+0x0/0x120 returned 0 after 450123 usecs"
+        ));
     }
 }

@@ -35,8 +35,8 @@ pub struct Samples {
     vmm_overhead: Vec<f64>,
     /// PSS by program over all idle husk pods measured, MiB.
     by_program: Vec<(String, Vec<f64>)>,
-    sequential: Vec<f64>,
-    parallel: Vec<f64>,
+    sequential: [Vec<f64>; 2],
+    parallel: [Vec<f64>; 2],
     /// What failed, in words.
     pub errors: Vec<String>,
 }
@@ -139,9 +139,16 @@ impl Samples {
             row(
                 format!("{pods} pods started at once"),
                 "ms",
-                &self.parallel,
+                &self.parallel[0],
                 "one after another",
-                &self.sequential,
+                &self.sequential[0],
+            ),
+            row(
+                format!("{pods} runc containers started at once"),
+                "ms",
+                &self.parallel[1],
+                "one after another",
+                &self.sequential[1],
             ),
         ];
         for (program, v) in &self.by_program {
@@ -173,7 +180,8 @@ pub fn measure(d: &Containerd, plan: Plan, progress: &mut dyn FnMut(&Samples)) -
     exec_and_one_pod(d, plan.runs, &mut s);
     progress(&s);
     for round in 0..plan.pod_rounds {
-        many_pods(d, plan.pods, round, &mut s);
+        many_pods(d, HUSK, plan.pods, round, &mut s);
+        many_pods(d, RUNC, plan.pods, round, &mut s);
         progress(&s);
     }
     s
@@ -201,14 +209,17 @@ fn exec_and_one_pod(d: &Containerd, runs: usize, s: &mut Samples) {
     }
 }
 
-/// `pods` husk pods one after another (memory with 1 and with all), then
+/// `pods` pods one after another (for husk: memory with 1 and with all), then
 /// `pods` at once.
-fn many_pods(d: &Containerd, pods: usize, round: usize, s: &mut Samples) {
-    let ids: Vec<String> = (0..pods).map(|i| format!("pod-{round}-{i}")).collect();
+fn many_pods(d: &Containerd, rt: Runtime, pods: usize, round: usize, s: &mut Samples) {
+    let name = rt.name;
+    let ids: Vec<String> = (0..pods)
+        .map(|i| format!("seq-{name}-{round}-{i}"))
+        .collect();
     let mut total = Duration::ZERO;
     let mut ok = true;
     for (i, id) in ids.iter().enumerate() {
-        let r = ctr::start_idle(d, HUSK, id);
+        let r = ctr::start_idle(d, rt, id);
         match s.keep("sequential start", r) {
             Some(t) => total += t,
             None => {
@@ -216,13 +227,15 @@ fn many_pods(d: &Containerd, pods: usize, round: usize, s: &mut Samples) {
                 break;
             }
         }
-        if i == 0 {
+        if i == 0 && rt == HUSK {
             std::thread::sleep(SETTLE);
             s.read_memory(HUSK, true);
         }
     }
     if ok {
-        s.sequential.push(ms(total));
+        s.sequential[slot(rt)].push(ms(total));
+    }
+    if ok && rt == HUSK {
         std::thread::sleep(SETTLE);
         let n = s.read_memory(HUSK, false);
         if n != pods {
@@ -233,10 +246,12 @@ fn many_pods(d: &Containerd, pods: usize, round: usize, s: &mut Samples) {
     let r = ctr::remove_all(d, &ids);
     s.keep("remove", r);
 
-    let ids: Vec<String> = (0..pods).map(|i| format!("par-{round}-{i}")).collect();
-    let r = ctr::start_idle_parallel(d, HUSK, &ids);
+    let ids: Vec<String> = (0..pods)
+        .map(|i| format!("par-{name}-{round}-{i}"))
+        .collect();
+    let r = ctr::start_idle_parallel(d, rt, &ids);
     if let Some(t) = s.keep("parallel start", r) {
-        s.parallel.push(ms(t));
+        s.parallel[slot(rt)].push(ms(t));
     }
     let r = ctr::remove_all(d, &ids);
     s.keep("remove", r);

@@ -66,6 +66,11 @@ pub fn timed(d: &Containerd, args: &[&str]) -> Result<Duration, Error> {
     );
     if out.status.code().is_none() {
         eprintln!("husk-bench: ctr timed out:\n{}", d.explain(&out));
+    } else if !out.status.success() {
+        eprintln!(
+            "husk-bench: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     if out.status.success() {
         Ok(took)

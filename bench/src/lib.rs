@@ -10,3 +10,4 @@ pub mod podmem;
 pub mod procfs;
 pub mod report;
 pub mod stats;
+pub mod virtiofsd;

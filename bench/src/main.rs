@@ -10,6 +10,7 @@ use husk_bench::boot::{self, Guest};
 use husk_bench::containers::{self, Plan};
 use husk_bench::report::{self, Row};
 use husk_bench::stats::Summary;
+use husk_bench::virtiofsd;
 use husk_e2e::containerd::{Containerd, Options};
 use husk_e2e::Artifacts;
 
@@ -146,11 +147,12 @@ fn main() -> ExitCode {
     let timeout = Duration::from_secs(60);
     let vmm = cli.bin_dir.join("husk-vmm");
     if cli.boot_trace {
-        let cmd = boot::husk_command_with(&vmm, &guest, boot::TRACE_CMDLINE);
+        let mut cmd = boot::husk_command_with(&vmm, &guest, boot::TRACE_CMDLINE);
+        cmd.env("HUSK_VMM_LOG", "husk_vmm::builder=debug,info");
         match boot::trace("husk-vmm", cmd, timeout) {
             Ok(lines) => {
-                for (at, line) in lines {
-                    println!("boot-trace {:>8.1} ms | {line}", ms(at));
+                for (at, line) in lines.iter().filter(|(_, l)| boot::worth_showing(l)) {
+                    println!("boot-trace {:>8.1} ms | {line}", ms(*at));
                 }
             }
             Err(e) => eprintln!("husk-bench: boot trace: {e}"),
@@ -214,6 +216,14 @@ fn main() -> ExitCode {
             }
         }
     }
+    let mut vfs_start = Vec::new();
+    let vfs_bin = cli.bin_dir.join("virtiofsd");
+    for _ in 0..cli.runs {
+        match virtiofsd::start_to_socket(&vfs_bin, &cli.work_dir.join("virtiofsd"), timeout) {
+            Ok(t) => vfs_start.push(ms(t)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
     let mut rows = vec![
         Row {
             figure: "boot: VMM start to guest init".into(),
@@ -226,6 +236,13 @@ fn main() -> ExitCode {
             figure: "VMM RSS outside guest memory".into(),
             unit: "MiB".into(),
             husk: Summary::of(&husk_overhead),
+            anchor_name: "-".into(),
+            anchor: None,
+        },
+        Row {
+            figure: "virtiofsd spawn to socket (overlaps VMM start)".into(),
+            unit: "ms".into(),
+            husk: Summary::of(&vfs_start),
             anchor_name: "-".into(),
             anchor: None,
         },
