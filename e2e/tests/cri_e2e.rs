@@ -337,6 +337,18 @@ fn cri_pod_of_two_containers_shares_one_vm() {
         why(&d)
     );
 
+    // The pod's containers share its /dev/shm (IPC namespace mode POD).
+    exec_ok(
+        &d,
+        &cri,
+        &ids[0],
+        &["sh", "-c", "echo pod-shm > /dev/shm/husk-e2e"],
+    );
+    assert_eq!(
+        exec_ok(&d, &cri, &ids[1], &["cat", "/dev/shm/husk-e2e"]),
+        "pod-shm"
+    );
+
     // CRI's per-pod files reach the guest containers.
     assert_eq!(
         exec_ok(&d, &cri, &ids[1], &["cat", "/etc/hostname"]),
