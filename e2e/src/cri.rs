@@ -14,11 +14,12 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    Container, ContainerConfig, ContainerFilter, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, Image, ImageSpec,
-    ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxConfig,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, VersionRequest, VersionResponse,
+    Container, ContainerConfig, ContainerFilter, ContainerStats, ContainerStatsRequest,
+    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
+    ExecSyncResponse, Image, ImageSpec, ImageStatusRequest, ListContainersRequest,
+    ListPodSandboxRequest, PodSandbox, PodSandboxConfig, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest, VersionRequest, VersionResponse,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -261,6 +262,21 @@ impl CriClient {
             async move { c.remove_container(req).await },
         )
         .map(drop)
+    }
+
+    /// `ContainerStats` of container `id` (CPU, memory, writable layer), as the
+    /// kubelet polls them.
+    pub fn container_stats(&self, id: &str) -> Result<Option<ContainerStats>, CriError> {
+        let mut c = self.runtime.clone();
+        let req = ContainerStatsRequest {
+            container_id: id.into(),
+        };
+        Ok(self
+            .call(
+                "ContainerStats",
+                async move { c.container_stats(req).await },
+            )?
+            .stats)
     }
 
     /// `ContainerStatus` of container `id`.

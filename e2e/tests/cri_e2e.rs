@@ -311,6 +311,23 @@ fn cri_pod_of_two_containers_shares_one_vm() {
         "guest {guest_kernel:?} host {host_kernel:?}"
     );
 
+    // The kubelet's stats: CPU time and memory of a container in the guest.
+    let stats = cri
+        .container_stats(&ids[0])
+        .unwrap_or_else(|e| panic!("stats of c1: {e}\n{}", why(&d)))
+        .expect("c1 stats");
+    let cpu_ns = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map_or(0, |v| v.value);
+    let memory = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map_or(0, |v| v.value);
+    assert!(cpu_ns > 0 && memory > 0, "c1 stats: {stats:?}");
+
     // The VM has the memory the pod annotation asked for, not the default.
     let meminfo = exec_ok(&d, &cri, &ids[0], &["head", "-n", "1", "/proc/meminfo"]);
     let total_kib: u64 = meminfo
