@@ -181,6 +181,7 @@ pub fn measure(d: &Containerd, plan: Plan, progress: &mut dyn FnMut(&Samples)) -
     progress(&s);
     for round in 0..plan.pod_rounds {
         many_pods(d, HUSK, plan.pods, round, &mut s);
+        progress(&s);
         many_pods(d, RUNC, plan.pods, round, &mut s);
         progress(&s);
     }
