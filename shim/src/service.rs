@@ -548,7 +548,13 @@ type Empty = containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 
 fn reply<T>(call: &str, r: Result<T>) -> TtrpcResult<T> {
     r.map_err(|e| {
-        tracing::warn!("{call}: {e}");
+        // containerd expects NotFound in normal operation (CRI kills every finished
+        // ExecSync process before deleting it): not worth a warning each time.
+        if matches!(e, ShimError::NotFound(_)) {
+            tracing::debug!("{call}: {e}");
+        } else {
+            tracing::warn!("{call}: {e}");
+        }
         e.into()
     })
 }
