@@ -88,10 +88,16 @@ pub enum SandboxError {
     #[error(transparent)]
     Vmm(#[from] VmmError),
     /// The VMM exited before the agent answered.
-    #[error("the VM exited during boot; console:\n{console}")]
+    #[error(
+        "the VM exited during boot ({status}); husk-vmm said:\n{vmm_log}\nconsole:\n{console}"
+    )]
     VmExited {
+        /// How husk-vmm ended.
+        status: String,
         /// The end of the guest console.
         console: String,
+        /// The end of husk-vmm's own log (why it stopped).
+        vmm_log: String,
     },
     /// The agent did not answer in time.
     #[error("the guest agent did not answer within {timeout:?}; console:\n{console}")]
@@ -278,10 +284,14 @@ impl Sandbox {
         })?;
 
         let vm = partial.vm.take().ok_or(SandboxError::VmExited {
+            status: "gone".into(),
             console: String::new(),
+            vmm_log: String::new(),
         })?;
         let virtiofsd = partial.virtiofsd.take().ok_or(SandboxError::VmExited {
+            status: "gone".into(),
             console: String::new(),
+            vmm_log: String::new(),
         })?;
         partial.armed = false;
         drop(partial);
@@ -358,7 +368,9 @@ fn wait_for_agent(
         }
         if vm.exited() {
             return Err(SandboxError::VmExited {
+                status: vm.exit_status().unwrap_or_default(),
                 console: tail(&paths.console),
+                vmm_log: tail(&paths.file("vmm.log")),
             });
         }
         if Instant::now() >= deadline {

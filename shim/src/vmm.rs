@@ -100,6 +100,8 @@ pub trait Vm: Send + Sync {
     fn pid(&self) -> u32;
     /// Whether the VMM has exited.
     fn exited(&self) -> bool;
+    /// How the VMM ended (exit code or signal), once it has.
+    fn exit_status(&self) -> Option<String>;
     /// Waits up to `timeout` for the VMM to exit; true if it did.
     fn wait_exit(&self, timeout: Duration) -> bool;
     /// VMM metrics (JSON).
@@ -131,6 +133,12 @@ impl VmLauncher for HuskVmmLauncher {
         let log2 = log.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(&self.binary);
         cmd.args(spec.args())
+            // At info husk-vmm says why the VM ended (guest reset, triple fault, ...): the
+            // first thing to know when a VM dies during boot.
+            .env(
+                "HUSK_VMM_LOG",
+                std::env::var("HUSK_VMM_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -190,6 +198,14 @@ impl Vm for HuskVmm {
 
     fn exited(&self) -> bool {
         !matches!(self.lock().try_wait(), Ok(None))
+    }
+
+    fn exit_status(&self) -> Option<String> {
+        match self.lock().try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown ({e})")),
+        }
     }
 
     fn wait_exit(&self, timeout: Duration) -> bool {

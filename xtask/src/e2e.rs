@@ -148,6 +148,7 @@ pub fn run(filter: Option<&str>, test_args: &[String]) -> Result<bool> {
     let command = format!(
         "export PATH={HOST_BIN}:$PATH; mkdir -p {HOST_WORK}; rc=0; \
          for t in {HOST_TESTS}/*; do echo \"== $(basename $t)\"; \"$t\" --test-threads=1 {args} || rc=1; done; \
+         if [ $rc -ne 0 ]; then echo '== test host kernel log (last 40 lines)'; dmesg 2>/dev/null | tail -n 40; fi; \
          exit $rc"
     );
     Ok(
