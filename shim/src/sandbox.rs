@@ -226,7 +226,38 @@ fn must_exist(path: &Path, what: &'static str, key: &'static str) -> Result<(), 
     }
 }
 
+/// How many more times a pod VM whose guest dies before its agent answers is booted.
+const BOOT_RETRIES: u32 = 1;
+
+/// Whether a failed start is worth one more boot: only a guest that died on its own
+/// (reset, triple fault) during boot, which a fresh boot of the same image survives;
+/// never bad input, missing files or an agent that answered wrongly.
+fn boot_again(err: &SandboxError, retries_done: u32) -> bool {
+    matches!(err, SandboxError::VmExited { .. }) && retries_done < BOOT_RETRIES
+}
+
 impl Sandbox {
+    /// [`Sandbox::start`], booting once more (with a warning in containerd's log) when the
+    /// guest dies on its own before its agent answers. Nested virtualisation makes that
+    /// happen now and then; the first attempt has already removed everything it made.
+    pub fn start_with_retry(
+        config: &Config,
+        launcher: &dyn VmLauncher,
+        paths: SandboxPaths,
+        size: VmSize,
+    ) -> Result<Sandbox, SandboxError> {
+        let mut retries_done = 0;
+        loop {
+            match Self::start(config, launcher, paths.clone(), size) {
+                Err(e) if boot_again(&e, retries_done) => {
+                    tracing::warn!("the pod VM died during boot; booting it once more: {e}");
+                    retries_done += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Starts virtiofsd and the VM, waits for the agent and creates the sandbox in the
     /// guest. On error everything started is stopped and the directory removed.
     pub fn start(
@@ -433,6 +464,23 @@ mod tests {
                 message: "not in unit tests".into(),
             })
         }
+    }
+
+    #[test]
+    fn only_a_guest_that_died_during_boot_is_booted_again() {
+        let died = SandboxError::VmExited {
+            status: "exit status: 0".into(),
+            console: String::new(),
+            vmm_log: "vCPU 0: shutdown (triple fault)".into(),
+        };
+        assert!(boot_again(&died, 0));
+        assert!(!boot_again(&died, BOOT_RETRIES));
+        let timeout = SandboxError::BootTimeout {
+            timeout: Duration::from_secs(1),
+            console: String::new(),
+        };
+        assert!(!boot_again(&timeout, 0));
+        assert!(!boot_again(&SandboxError::HelperMissing("virtiofsd"), 0));
     }
 
     #[test]

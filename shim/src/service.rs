@@ -143,7 +143,7 @@ impl TaskService {
         }
         let paths = SandboxPaths::new(&self.config.state_dir, &self.namespace, role.pod_id(id));
         let started = std::time::Instant::now();
-        let sb = Arc::new(Sandbox::start(
+        let sb = Arc::new(Sandbox::start_with_retry(
             &self.config,
             self.launcher.as_ref(),
             paths,
