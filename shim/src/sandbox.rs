@@ -227,37 +227,17 @@ fn must_exist(path: &Path, what: &'static str, key: &'static str) -> Result<(), 
 }
 
 /// How many more times a pod VM whose guest dies before its agent answers is booted.
-const BOOT_RETRIES: u32 = 1;
+pub const BOOT_RETRIES: u32 = 1;
 
 /// Whether a failed start is worth one more boot: only a guest that died on its own
 /// (reset, triple fault) during boot, which a fresh boot of the same image survives;
-/// never bad input, missing files or an agent that answered wrongly.
-fn boot_again(err: &SandboxError, retries_done: u32) -> bool {
+/// never bad input, missing files or an agent that answered wrongly. The failed start has
+/// already removed everything it made, the pod directory included.
+pub fn boot_again(err: &SandboxError, retries_done: u32) -> bool {
     matches!(err, SandboxError::VmExited { .. }) && retries_done < BOOT_RETRIES
 }
 
 impl Sandbox {
-    /// [`Sandbox::start`], booting once more (with a warning in containerd's log) when the
-    /// guest dies on its own before its agent answers. Nested virtualisation makes that
-    /// happen now and then; the first attempt has already removed everything it made.
-    pub fn start_with_retry(
-        config: &Config,
-        launcher: &dyn VmLauncher,
-        paths: SandboxPaths,
-        size: VmSize,
-    ) -> Result<Sandbox, SandboxError> {
-        let mut retries_done = 0;
-        loop {
-            match Self::start(config, launcher, paths.clone(), size) {
-                Err(e) if boot_again(&e, retries_done) => {
-                    tracing::warn!("the pod VM died during boot; booting it once more: {e}");
-                    retries_done += 1;
-                }
-                result => return result,
-            }
-        }
-    }
-
     /// Starts virtiofsd and the VM, waits for the agent and creates the sandbox in the
     /// guest. On error everything started is stopped and the directory removed.
     pub fn start(

@@ -31,7 +31,7 @@ use crate::events::{EventSink, TaskEvent};
 use crate::mounts;
 use crate::oom::{self, OomMonitor};
 use crate::process::Process;
-use crate::sandbox::{Sandbox, SandboxPaths};
+use crate::sandbox::{self, Sandbox, SandboxPaths};
 use crate::spec;
 use crate::state::ProcState;
 use crate::stdio::IoRelay;
@@ -131,9 +131,19 @@ impl TaskService {
 
     /// The pod VM, started now for a standalone container or a pod sandbox. Returns the
     /// sandbox and whether this call started it.
-    fn sandbox_for(&self, role: &PodRole, id: &str, size: VmSize) -> Result<(Arc<Sandbox>, bool)> {
+    /// `prepare_share` puts the container's files into the pod share; it runs before every
+    /// boot attempt, because a pod VM whose guest dies during boot is booted once more and
+    /// the failed attempt removes the pod directory with everything in it.
+    fn sandbox_for(
+        &self,
+        role: &PodRole,
+        id: &str,
+        size: VmSize,
+        prepare_share: &dyn Fn() -> Result<()>,
+    ) -> Result<(Arc<Sandbox>, bool)> {
         let mut pod = self.pod.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(sb) = pod.as_ref() {
+            prepare_share()?;
             return Ok((Arc::clone(sb), false));
         }
         if let PodRole::Member { sandbox_id } = role {
@@ -143,12 +153,17 @@ impl TaskService {
         }
         let paths = SandboxPaths::new(&self.config.state_dir, &self.namespace, role.pod_id(id));
         let started = std::time::Instant::now();
-        let sb = Arc::new(Sandbox::start_with_retry(
-            &self.config,
-            self.launcher.as_ref(),
-            paths,
-            size,
-        )?);
+        let mut retries_done = 0;
+        let sb = loop {
+            prepare_share()?;
+            match Sandbox::start(&self.config, self.launcher.as_ref(), paths.clone(), size) {
+                Err(e) if sandbox::boot_again(&e, retries_done) => {
+                    tracing::warn!("the pod VM died during boot; booting it once more: {e}");
+                    retries_done += 1;
+                }
+                result => break Arc::new(result?),
+            }
+        };
         tracing::info!("pod VM for {id} up in {:?}", started.elapsed());
         let source = Arc::new(oom::AgentOom(Arc::clone(sb.agent())));
         match OomMonitor::start(source, Arc::clone(&self.events), oom::POLL_WAIT) {
@@ -213,15 +228,16 @@ impl TaskService {
             }
             e
         };
-        (|| {
+        let prepare_share = || {
             mounts::mount_rootfs(&task.rootfs, &root, &cdir.join("rootfs"))?;
             for b in &binds {
                 mounts::bind(&b.source, &cdir.join("mounts").join(&b.name))?;
             }
             Ok::<(), ShimError>(())
-        })()
-        .map_err(discard)?;
-        let (sb, started_here) = self.sandbox_for(&role, &task.id, size).map_err(discard)?;
+        };
+        let (sb, started_here) = self
+            .sandbox_for(&role, &task.id, size, &prepare_share)
+            .map_err(discard)?;
         let pid = sb.agent().create_container(&task.id, &json).map_err(|e| {
             tracing::warn!(
                 "create {} in the guest failed: {e}; host view of the rootfs: {} entries\n{}",
