@@ -229,6 +229,14 @@ impl Containerd {
         self.ctr(&args)
     }
 
+    /// `ctr run -d --runtime <husk> busybox <id> <cmd>`, then waits until the task runs.
+    pub fn run_detached(&self, id: &str, cmd: &[&str]) {
+        let mut args = vec!["run", "-d", "--runtime", HUSK_RUNTIME, BUSYBOX_IMAGE, id];
+        args.extend_from_slice(cmd);
+        self.ctr_ok(&args);
+        self.wait_status(id, "RUNNING");
+    }
+
     /// A failed command's output with the end of containerd's log, the pods'
     /// console logs and husk's processes: what one needs to see why.
     pub fn explain(&self, out: &Output) -> String {

@@ -120,18 +120,14 @@ fn shim_runs_containers_in_vms() {
 fn shim_task_commands() {
     let (d, _g) = daemon();
     let id = "svc";
-    d.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
+    d.run_detached(
         id,
-        "sh",
-        "-c",
-        "trap 'exit 143' TERM; while true; do sleep 1; done",
-    ]);
-    d.wait_status(id, "RUNNING");
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; while true; do sleep 1; done",
+        ],
+    );
 
     let out = d.ctr(&[
         "task",
@@ -181,17 +177,7 @@ fn shim_task_commands() {
 
     // SIGKILL
     let id = "victim";
-    d.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        id,
-        "sleep",
-        "1000",
-    ]);
-    d.wait_status(id, "RUNNING");
+    d.run_detached(id, &["sleep", "1000"]);
     d.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id]);
     d.wait_status(id, "STOPPED");
     d.ctr_ok(&["task", "rm", id]);
@@ -201,18 +187,7 @@ fn shim_task_commands() {
     // kill --all: the init of a pid namespace ignores a SIGTERM it has no handler for,
     // its children do not; `wait` returns once they are gone and the shell exits.
     let id = "family";
-    d.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        id,
-        "sh",
-        "-c",
-        "sleep 1000 & sleep 1001 & wait; exit 5",
-    ]);
-    d.wait_status(id, "RUNNING");
+    d.run_detached(id, &["sh", "-c", "sleep 1000 & sleep 1001 & wait; exit 5"]);
     d.ctr_ok(&["task", "kill", "--signal", "SIGTERM", id]);
     std::thread::sleep(Duration::from_secs(1));
     let ps = d.ctr_ok(&["task", "ps", id]);
@@ -230,17 +205,7 @@ fn shim_task_commands() {
 
     // A shim that dies: its VM dies with it, and `shim delete` removes the rest.
     let id = "crash";
-    d.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        id,
-        "sleep",
-        "1000",
-    ]);
-    d.wait_status(id, "RUNNING");
+    d.run_detached(id, &["sleep", "1000"]);
     let shim = shim_pid(id).expect("shim process of the crash container");
     sh(&format!("kill -9 {shim}"));
     // containerd notices the dead shim: the task stops or disappears.
