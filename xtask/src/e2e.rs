@@ -1,6 +1,7 @@
 //! Running the tests and the demo, on this host when it has hardware KVM and
 //! inside the nested-KVM test host otherwise.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
@@ -8,6 +9,7 @@ use anyhow::{Context, Result};
 use husk_testhost::{HostFile, TestHost, TestHostConfig, TestHostImage};
 
 use crate::artifacts::{self, Artifacts};
+use crate::e2e_attempts::{self, Attempt, Next};
 
 /// Paths inside the test host.
 pub(crate) const HOST_BIN: &str = "/husk/bin";
@@ -84,13 +86,6 @@ fn test_host_env() -> Vec<(String, String)> {
     .collect()
 }
 
-fn shell_words(args: &[String]) -> String {
-    args.iter()
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 pub(crate) fn boot_test_host(
     files: Vec<HostFile>,
     command: String,
@@ -110,6 +105,25 @@ pub(crate) fn boot_test_host(
         outcome.wall.as_secs_f64()
     );
     Ok(outcome.exit_code)
+}
+
+/// Boots a test host for `command`, watching its console for test markers and
+/// emulation faults. A test host that dies after a fault gives no exit status
+/// rather than an error, so that the caller can try again.
+fn watched_test_host_run(files: Vec<HostFile>, command: String) -> Result<(Attempt, Option<i32>)> {
+    let mut attempt = Attempt::default();
+    let exit = boot_test_host(files, command, &mut |l| {
+        attempt.observe(l);
+        println!("{l}")
+    });
+    match exit {
+        Ok(code) => Ok((attempt, Some(code))),
+        Err(e) if attempt.fault.is_some() => {
+            eprintln!("xtask: {e:#}");
+            Ok((attempt, None))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Builds everything and runs the e2e test binaries whose name starts with
@@ -144,64 +158,36 @@ pub fn run(filter: Option<&str>, test_args: &[String]) -> Result<bool> {
         return Ok(ok);
     }
     eprintln!("xtask: no VT-x/AMD-V here: running the end-to-end tests in the test host");
-    let args = shell_words(test_args);
-    let command = format!(
-        "export PATH={HOST_BIN}:$PATH; mkdir -p {HOST_WORK}; rc=0; \
-         for t in {HOST_TESTS}/*; do echo \"== $(basename $t)\"; \"$t\" --test-threads=1 {args} || rc=1; done; \
-         if [ $rc -ne 0 ]; then echo '== test host kernel log (last 40 lines)'; dmesg 2>/dev/null | tail -n 40; fi; \
-         exit $rc"
-    );
-    for attempt in 1..=2 {
-        let mut fault = None;
-        let result = boot_test_host(test_host_files(&a, &selected), command.clone(), &mut |l| {
-            if fault.is_none() && is_test_host_kernel_fault(l) {
-                fault = Some(l.to_string());
+    let files = test_host_files(&a, &selected);
+    let mut passed = BTreeSet::new();
+    for attempt_no in 1..=e2e_attempts::MAX_ATTEMPTS {
+        let command = e2e_attempts::script(HOST_BIN, HOST_WORK, HOST_TESTS, test_args, &passed);
+        let (attempt, exit) = watched_test_host_run(files.clone(), command)?;
+        passed.extend(attempt.passed.iter().cloned());
+        eprintln!(
+            "xtask: attempt {attempt_no}: {} passed, {} failed{}",
+            attempt.passed.len(),
+            attempt.failed.len(),
+            attempt
+                .failed
+                .iter()
+                .map(|t| format!("\n  failed: {t}"))
+                .collect::<String>()
+        );
+        match e2e_attempts::next(attempt_no, &attempt, exit) {
+            Next::Passed => {
+                eprintln!("xtask: all {} end-to-end tests passed", passed.len());
+                return Ok(true);
             }
-            println!("{l}")
-        });
-        match (result, fault) {
-            (Ok(0), _) => return Ok(true),
-            (result, Some(fault)) if attempt == 1 => {
-                eprintln!(
-                    "xtask: a fault of the test host's nested virtualisation ({fault:?}; result {result:?}): \
-                     QEMU TCG's SVM emulation, not husk; running the end-to-end tests once \
-                     more in a fresh test host"
-                );
-            }
-            (Ok(_), _) => return Ok(false),
-            (Err(e), _) => return Err(e),
+            Next::Failed => return Ok(false),
+            Next::Retry => eprintln!(
+                "xtask: a fault of the nested virtualisation ({:?}): QEMU TCG's SVM emulation, \
+                 not husk; the tests not yet passed run again in a fresh test host",
+                attempt.fault.as_deref().unwrap_or_default()
+            ),
         }
     }
     Ok(false)
-}
-
-/// Whether a console line is the test host's kernel reporting a fault of its
-/// own (timestamped kernel messages; the guests' consoles carry no timestamps).
-fn is_test_host_kernel_fault(line: &str) -> bool {
-    // A guest that triple-faults in one boot and not in the next is the same emulation
-    // fault seen from inside (husk-vmm logs it; a real bug would fail every attempt).
-    if line.contains("shutdown (triple fault)") {
-        return true;
-    }
-    let Some(rest) = line.trim_start().strip_prefix('[') else {
-        return false;
-    };
-    let Some((stamp, message)) = rest.split_once(']') else {
-        return false;
-    };
-    let is_stamp =
-        !stamp.trim().is_empty() && stamp.trim().chars().all(|c| c.is_ascii_digit() || c == '.');
-    let message = message.trim_start();
-    is_stamp
-        && [
-            "BUG: ",
-            "watchdog: BUG: soft lockup",
-            "Kernel panic",
-            "general protection fault",
-            "Oops: ",
-        ]
-        .iter()
-        .any(|p| message.starts_with(p))
 }
 
 /// The main job: build everything, start a private containerd configured
@@ -229,34 +215,17 @@ pub fn demo() -> Result<bool> {
     eprintln!("xtask: no VT-x/AMD-V here: running the demo inside the test host");
     let command =
         format!("export PATH={HOST_BIN}:$PATH; mkdir -p {HOST_WORK}; {HOST_BIN}/husk-demo");
-    Ok(boot_test_host(test_host_files(&a, &[]), command, &mut |l| println!("{l}"))? == 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_test_host_kernel_fault;
-
-    #[test]
-    fn kernel_faults_are_told_from_other_lines() {
-        assert!(is_test_host_kernel_fault(
-            "[   39.585231] BUG: TASK stack guard page was hit at 0000000018a741fb"
-        ));
-        assert!(is_test_host_kernel_fault(
-            "[  108.250224] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [runc:666]"
-        ));
-        assert!(is_test_host_kernel_fault(
-            "[   39.586092] Kernel panic - not syncing: Fatal exception in interrupt"
-        ));
-        assert!(is_test_host_kernel_fault(
-            "2026-11-21T11:15:09Z INFO husk_vmm::vstate::vcpu: vCPU 0: shutdown (triple fault)"
-        ));
-        assert!(!is_test_host_kernel_fault("BUG: in a guest console line"));
-        assert!(!is_test_host_kernel_fault(
-            "[   39.586092] RIP: 0010:irqentry_enter+0x12/0x50"
-        ));
-        assert!(!is_test_host_kernel_fault(
-            "test shim_runs_containers_in_vms ... ok"
-        ));
-        assert!(!is_test_host_kernel_fault("[ctr] BUG: not a kernel line"));
+    for attempt_no in 1..=e2e_attempts::MAX_ATTEMPTS {
+        let (attempt, exit) = watched_test_host_run(test_host_files(&a, &[]), command.clone())?;
+        match e2e_attempts::next(attempt_no, &attempt, exit) {
+            Next::Passed => return Ok(true),
+            Next::Failed => return Ok(false),
+            Next::Retry => eprintln!(
+                "xtask: a fault of the nested virtualisation ({:?}): QEMU TCG's SVM emulation, \
+                 not husk; running the demo again in a fresh test host",
+                attempt.fault.as_deref().unwrap_or_default()
+            ),
+        }
     }
+    Ok(false)
 }

@@ -4,6 +4,7 @@
 mod artifacts;
 mod bench;
 mod e2e;
+mod e2e_attempts;
 mod install;
 
 use std::path::PathBuf;
