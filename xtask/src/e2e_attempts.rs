@@ -139,9 +139,13 @@ pub fn is_emulation_fault(line: &str) -> bool {
     if line.contains("shutdown (triple fault)") {
         return true;
     }
-    let Some(rest) = line.trim_start().strip_prefix('[') else {
-        return false;
-    };
+    // The kernel's message may follow a test's unfinished output on the same line.
+    line.match_indices('[')
+        .any(|(at, _)| is_kernel_fault_message(&line[at + 1..]))
+}
+
+/// Whether `rest` (what follows a `[`) is a timestamped kernel fault message.
+fn is_kernel_fault_message(rest: &str) -> bool {
     let Some((stamp, message)) = rest.split_once(']') else {
         return false;
     };
@@ -178,7 +182,11 @@ mod tests {
         assert!(is_emulation_fault(
             "2026-11-21T11:15:09Z INFO husk_vmm::vstate::vcpu: vCPU 0: shutdown (triple fault)"
         ));
+        assert!(is_emulation_fault(
+            "test shim_runs_a_terminal_container ... [  125.777099] BUG: TASK stack guard page"
+        ));
         assert!(!is_emulation_fault("BUG: in a guest console line"));
+        assert!(!is_emulation_fault("[ok] [1.5] fine [2.0]"));
         assert!(!is_emulation_fault(
             "[   39.586092] RIP: 0010:irqentry_enter+0x12/0x50"
         ));
