@@ -15,7 +15,7 @@ const PASSED_MARKER: &str = "xtask-passed ";
 const FAILED_MARKER: &str = "xtask-failed ";
 
 /// Test-host runs allowed when the earlier ones were cut by emulation faults.
-pub const MAX_ATTEMPTS: usize = 4;
+pub const MAX_ATTEMPTS: usize = 5;
 
 /// libtest flags that take no value and apply to running a test, not only to
 /// listing it.
