@@ -20,7 +20,7 @@ pub mod lz4_legacy;
 pub mod qemu;
 
 pub use image::{HostFile, TestHostImage};
-pub use qemu::{RunOutcome, TestHost, TestHostConfig};
+pub use qemu::{RunOutcome, TestHost, TestHostConfig, Watch};
 
 /// Parameters for `kvm-amd.ko` in the test host unless a caller says
 /// otherwise (`HUSK_TESTHOST_KVM_AMD` overrides them for the CLI and xtask).

@@ -31,6 +31,9 @@ pub enum Error {
     /// The run took longer than allowed; QEMU was killed.
     #[error("test host timed out after {0:?}; QEMU was killed")]
     Timeout(Duration),
+    /// The console watcher asked to end the run (after a fault); QEMU was killed.
+    #[error("test host stopped {0:?} after its console showed a fault; QEMU was killed")]
+    Stopped(Duration),
     /// QEMU ended without the command's exit status (kernel panic, crash).
     #[error("test host ended without reporting an exit status ({status})")]
     NoExitStatus {
@@ -73,6 +76,15 @@ impl Default for TestHostConfig {
             verbose_kernel: false,
         }
     }
+}
+
+/// What a console watcher wants after a line (see [`TestHost::run_watched`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Go on until the command ends or the configured timeout.
+    Continue,
+    /// End the run at the latest this long from now.
+    EndWithin(Duration),
 }
 
 /// How a run ended.
@@ -140,6 +152,19 @@ impl TestHost {
         image: &TestHostImage,
         mut on_line: impl FnMut(&str),
     ) -> Result<RunOutcome, Error> {
+        self.run_watched(image, |line| {
+            on_line(line);
+            Watch::Continue
+        })
+    }
+
+    /// Like [`TestHost::run`], but `on_line` may ask to end the run early
+    /// (for instance some time after the test host's kernel faulted).
+    pub fn run_watched(
+        &self,
+        image: &TestHostImage,
+        mut on_line: impl FnMut(&str) -> Watch,
+    ) -> Result<RunOutcome, Error> {
         let scratch = tempdir()?;
         let initrd = scratch.join("testhost.cpio");
         image.write(&self.kernel, &self.config.busybox, &initrd)?;
@@ -168,7 +193,8 @@ impl TestHost {
         std::thread::spawn(move || forward_lines(stdout, tx));
         std::thread::spawn(move || forward_lines(stderr, err_tx));
 
-        let deadline = started + self.config.timeout;
+        let mut deadline = started + self.config.timeout;
+        let mut stop_asked = None;
         let mut exit_code = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -176,11 +202,22 @@ impl TestHost {
                 Ok(line) => match line.trim().strip_prefix(EXIT_MARKER) {
                     Some(code) if exit_code.is_none() => exit_code = code.trim().parse().ok(),
                     _ if !self.config.verbose_kernel && is_reset_notice(&line) => {}
-                    _ => on_line(&line),
+                    _ => {
+                        if let Watch::EndWithin(grace) = on_line(&line) {
+                            let end = Instant::now() + grace;
+                            if end < deadline {
+                                deadline = end;
+                                stop_asked = Some(grace);
+                            }
+                        }
+                    }
                 },
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(Error::Timeout(self.config.timeout));
+                    return Err(match stop_asked {
+                        Some(grace) => Error::Stopped(grace),
+                        None => Error::Timeout(self.config.timeout),
+                    });
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use husk_testhost::{qemu::Error, HostFile, TestHost, TestHostConfig, TestHostImage};
+use husk_testhost::{qemu::Error, HostFile, TestHost, TestHostConfig, TestHostImage, Watch};
 
 fn host(timeout: Duration) -> TestHost {
     TestHost::new(TestHostConfig {
@@ -74,4 +74,26 @@ fn a_timeout_kills_qemu() {
         .filter(|c| c.contains("qemu-system") && c.contains(&format!("husk-testhost-{me}-")))
         .collect();
     assert!(leftovers.is_empty(), "QEMU left running: {leftovers:?}");
+}
+
+#[test]
+fn a_watcher_ends_the_run_early() {
+    let image = TestHostImage {
+        command: "echo fault; sleep 600".into(),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let err = host(Duration::from_secs(300))
+        .run_watched(&image, |l| match l {
+            "fault" => Watch::EndWithin(Duration::from_secs(2)),
+            _ => Watch::Continue,
+        })
+        .err();
+    assert!(matches!(err, Some(Error::Stopped(_))), "{err:?}");
+    // Well before the 300 s limit: the boot plus the 2 s of grace.
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        started.elapsed()
+    );
 }

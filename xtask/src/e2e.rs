@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use husk_testhost::{HostFile, TestHost, TestHostConfig, TestHostImage};
+use husk_testhost::{HostFile, TestHost, TestHostConfig, TestHostImage, Watch};
 
 use crate::artifacts::{self, Artifacts};
 use crate::e2e_attempts::{self, Attempt, Next};
@@ -89,7 +90,7 @@ fn test_host_env() -> Vec<(String, String)> {
 pub(crate) fn boot_test_host(
     files: Vec<HostFile>,
     command: String,
-    on_line: &mut dyn FnMut(&str),
+    on_line: &mut dyn FnMut(&str) -> Watch,
 ) -> Result<i32> {
     let host = TestHost::new(TestHostConfig::default()).context("prepare the test host")?;
     let image = TestHostImage {
@@ -98,7 +99,7 @@ pub(crate) fn boot_test_host(
         command,
         kvm_amd_params: husk_testhost::kvm_amd_params(),
     };
-    let outcome = host.run(&image, on_line)?;
+    let outcome = host.run_watched(&image, on_line)?;
     eprintln!(
         "xtask: test host exited {} after {:.1} s",
         outcome.exit_code,
@@ -107,14 +108,23 @@ pub(crate) fn boot_test_host(
     Ok(outcome.exit_code)
 }
 
+/// How long a test host may go on after its console showed an emulation
+/// fault: long enough for a test to meet its own timeouts and for the host to
+/// come out of a soft lockup, short of the 20 minutes a hung host would take.
+const FAULT_GRACE: Duration = Duration::from_secs(300);
+
 /// Boots a test host for `command`, watching its console for test markers and
-/// emulation faults. A test host that dies after a fault gives no exit status
-/// rather than an error, so that the caller can try again.
+/// emulation faults. A test host that dies or is stopped after a fault gives
+/// no exit status rather than an error, so that the caller can try again.
 fn watched_test_host_run(files: Vec<HostFile>, command: String) -> Result<(Attempt, Option<i32>)> {
     let mut attempt = Attempt::default();
     let exit = boot_test_host(files, command, &mut |l| {
         attempt.observe(l);
-        println!("{l}")
+        println!("{l}");
+        match attempt.fault {
+            Some(_) => Watch::EndWithin(FAULT_GRACE),
+            None => Watch::Continue,
+        }
     });
     match exit {
         Ok(code) => Ok((attempt, Some(code))),
