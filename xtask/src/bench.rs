@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use husk_rootfs::guest_image;
 use husk_rootfs::initramfs::Compression;
-use husk_testhost::{HostFile, Watch};
+use husk_testhost::HostFile;
 
 use crate::artifacts;
 use crate::e2e::{self, HOST_BIN, HOST_INITRD, HOST_KERNEL};
@@ -105,16 +105,15 @@ pub fn run(runs: usize) -> Result<bool> {
          {HOST_BIN}/husk-bench --runs {runs} --boot-trace --kernel {HOST_KERNEL} --initrd {HOST_INITRD} --bin-dir {HOST_BIN}{alts}"
     );
     let mut json = None;
-    let code = e2e::boot_test_host(files, command, &mut |line| {
-        match line.strip_prefix(JSON_PREFIX) {
-            Some(j) => json = Some(j.to_string()),
-            None => println!("{line}"),
-        }
-        Watch::Continue
+    let ok = e2e::retry_on_fault("the benchmarks", files, &command, &mut |line| match line
+        .strip_prefix(JSON_PREFIX)
+    {
+        Some(j) => json = Some(j.to_string()),
+        None => println!("{line}"),
     })?;
     if let Some(json) = json {
         std::fs::write(&json_out, json + "\n")?;
         eprintln!("xtask: figures written to {}", json_out.display());
     }
-    Ok(code == 0)
+    Ok(ok)
 }

@@ -87,7 +87,7 @@ fn test_host_env() -> Vec<(String, String)> {
     .collect()
 }
 
-pub(crate) fn boot_test_host(
+fn boot_test_host(
     files: Vec<HostFile>,
     command: String,
     on_line: &mut dyn FnMut(&str) -> Watch,
@@ -116,11 +116,15 @@ const FAULT_GRACE: Duration = Duration::from_secs(300);
 /// Boots a test host for `command`, watching its console for test markers and
 /// emulation faults. A test host that dies or is stopped after a fault gives
 /// no exit status rather than an error, so that the caller can try again.
-fn watched_test_host_run(files: Vec<HostFile>, command: String) -> Result<(Attempt, Option<i32>)> {
+fn watched_test_host_run(
+    files: Vec<HostFile>,
+    command: String,
+    show: &mut dyn FnMut(&str),
+) -> Result<(Attempt, Option<i32>)> {
     let mut attempt = Attempt::default();
     let exit = boot_test_host(files, command, &mut |l| {
         attempt.observe(l);
-        println!("{l}");
+        show(l);
         match attempt.fault {
             Some(_) => Watch::EndWithin(FAULT_GRACE),
             None => Watch::Continue,
@@ -172,7 +176,8 @@ pub fn run(filter: Option<&str>, test_args: &[String]) -> Result<bool> {
     let mut passed = BTreeSet::new();
     for attempt_no in 1..=e2e_attempts::MAX_ATTEMPTS {
         let command = e2e_attempts::script(HOST_BIN, HOST_WORK, HOST_TESTS, test_args, &passed);
-        let (attempt, exit) = watched_test_host_run(files.clone(), command)?;
+        let (attempt, exit) =
+            watched_test_host_run(files.clone(), command, &mut |l| println!("{l}"))?;
         passed.extend(attempt.passed.iter().cloned());
         eprintln!(
             "xtask: attempt {attempt_no}: {} passed, {} failed{}",
@@ -225,14 +230,28 @@ pub fn demo() -> Result<bool> {
     eprintln!("xtask: no VT-x/AMD-V here: running the demo inside the test host");
     let command =
         format!("export PATH={HOST_BIN}:$PATH; mkdir -p {HOST_WORK}; {HOST_BIN}/husk-demo");
+    retry_on_fault("the demo", test_host_files(&a, &[]), &command, &mut |l| {
+        println!("{l}")
+    })
+}
+
+/// Runs `command` in a fresh test host, and again while emulation faults cut
+/// the runs short (at most [`e2e_attempts::MAX_ATTEMPTS`] test hosts); `show`
+/// gets every console line. Whether the command finally succeeded.
+pub(crate) fn retry_on_fault(
+    what: &str,
+    files: Vec<HostFile>,
+    command: &str,
+    show: &mut dyn FnMut(&str),
+) -> Result<bool> {
     for attempt_no in 1..=e2e_attempts::MAX_ATTEMPTS {
-        let (attempt, exit) = watched_test_host_run(test_host_files(&a, &[]), command.clone())?;
+        let (attempt, exit) = watched_test_host_run(files.clone(), command.to_string(), show)?;
         match e2e_attempts::next(attempt_no, &attempt, exit) {
             Next::Passed => return Ok(true),
             Next::Failed => return Ok(false),
             Next::Retry => eprintln!(
                 "xtask: a fault of the nested virtualisation ({:?}): QEMU TCG's SVM emulation, \
-                 not husk; running the demo again in a fresh test host",
+                 not husk; running {what} again in a fresh test host",
                 attempt.fault.as_deref().unwrap_or_default()
             ),
         }
