@@ -9,9 +9,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
+use super::deadlines::{Deadlines, Opening};
 use super::handshake::{parse_connect, MAX_HANDSHAKE_LEN};
 use crate::devices::virtio::vsock::csm::{ConnState, Connection};
 use crate::devices::virtio::vsock::packet::{VsockHeader, VsockPacket};
@@ -26,6 +29,10 @@ const LOCAL_PORT_BASE: u32 = 1 << 30;
 const MAX_HANDSHAKES: usize = 64;
 /// Limit on live connections.
 const MAX_CONNECTIONS: usize = 1024;
+/// How long a host stream may take to send `CONNECT`, and the guest to answer
+/// the connection request. Generous, because a guest under nested emulation
+/// can stall for seconds; a guest with nothing listening answers at once (RST).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// (host port, guest port).
 type ConnKey = (u32, u32);
@@ -33,6 +40,7 @@ type ConnKey = (u32, u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
     Listener,
+    Timer,
     Handshake,
     Conn(ConnKey),
 }
@@ -66,6 +74,11 @@ pub struct VsockMuxer {
     rxq: VecDeque<RxItem>,
     next_local_port: u32,
     metrics: Arc<Metrics>,
+    timer: TimerFd,
+    /// The deadline `timer` is set for.
+    timer_due: Option<Instant>,
+    deadlines: Deadlines,
+    open_timeout: Duration,
 }
 
 impl std::fmt::Debug for VsockMuxer {
@@ -91,6 +104,14 @@ impl VsockMuxer {
             .set_nonblocking(true)
             .map_err(|e| MuxerError::Bind(host_sock.into(), e))?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
+        let timer = TimerFd::new().map_err(|e| MuxerError::Epoll(e.into()))?;
+        // Non-blocking, so that reading a timer that a reset disarmed after epoll reported it
+        // returns EAGAIN instead of stalling the event loop.
+        // SAFETY: fcntl on a descriptor we own, with flags that only change its blocking mode.
+        let ret = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        if ret < 0 {
+            return Err(MuxerError::Epoll(std::io::Error::last_os_error()));
+        }
         let mut m = Self {
             epoll,
             host_sock: host_sock.to_owned(),
@@ -102,9 +123,16 @@ impl VsockMuxer {
             rxq: VecDeque::new(),
             next_local_port: LOCAL_PORT_BASE,
             metrics,
+            timer,
+            timer_due: None,
+            deadlines: Deadlines::default(),
+            open_timeout: OPEN_TIMEOUT,
         };
         let fd = m.listener.as_raw_fd();
         m.set_interest(fd, Owner::Listener, EventSet::IN)
+            .map_err(MuxerError::Epoll)?;
+        let fd = m.timer.as_raw_fd();
+        m.set_interest(fd, Owner::Timer, EventSet::IN)
             .map_err(MuxerError::Epoll)?;
         Ok(m)
     }
@@ -162,6 +190,9 @@ impl VsockMuxer {
             return;
         };
         let fd = conn.stream().as_raw_fd();
+        if conn.state() != ConnState::LocalInit || conn.is_done() {
+            self.deadlines.finish(Opening::Connect(key.0, key.1));
+        }
         if conn.is_done() {
             self.forget_fd(fd);
             self.conns.remove(&key);
@@ -203,6 +234,8 @@ impl VsockMuxer {
                         .is_ok()
                     {
                         self.handshakes.insert(fd, stream);
+                        let due = Instant::now() + self.open_timeout;
+                        self.deadlines.start(Opening::Handshake(fd), due);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -253,6 +286,7 @@ impl VsockMuxer {
                     return;
                 }
                 self.forget_fd(fd);
+                self.deadlines.finish(Opening::Handshake(fd));
                 let Some(stream) = self.handshakes.remove(&fd) else {
                     return;
                 };
@@ -262,6 +296,8 @@ impl VsockMuxer {
                     .vsock_connections
                     .fetch_add(1, Ordering::Relaxed);
                 self.conns.insert((local, port), conn);
+                let due = Instant::now() + self.open_timeout;
+                self.deadlines.start(Opening::Connect(local, port), due);
                 self.refresh((local, port));
             }
             Err(e) => {
@@ -273,7 +309,71 @@ impl VsockMuxer {
 
     fn drop_handshake(&mut self, fd: RawFd) {
         self.forget_fd(fd);
+        self.deadlines.finish(Opening::Handshake(fd));
         self.handshakes.remove(&fd);
+    }
+
+    /// Closes every stream that did not finish opening by `now`; the guest
+    /// gets an RST for each request it left unanswered.
+    fn expire(&mut self, now: Instant) {
+        for what in self.deadlines.take_expired(now) {
+            match what {
+                Opening::Handshake(fd) => {
+                    tracing::debug!("vsock: host stream sent no CONNECT in time; closing it");
+                    self.forget_fd(fd);
+                    self.handshakes.remove(&fd);
+                }
+                Opening::Connect(local, peer) => {
+                    let key = (local, peer);
+                    let Some(conn) = self.conns.get(&key) else {
+                        continue;
+                    };
+                    if conn.state() != ConnState::LocalInit {
+                        continue;
+                    }
+                    tracing::warn!(
+                        "vsock: the guest did not answer a connection to port {peer} within {:?}",
+                        self.open_timeout
+                    );
+                    let fd = conn.stream().as_raw_fd();
+                    self.forget_fd(fd);
+                    self.conns.remove(&key);
+                    self.rxq.push_back(RxItem::Raw(VsockHeader {
+                        src_cid: VSOCK_HOST_CID,
+                        dst_cid: self.guest_cid,
+                        src_port: local,
+                        dst_port: peer,
+                        len: 0,
+                        type_: VSOCK_TYPE_STREAM,
+                        op: op::RST,
+                        flags: 0,
+                        buf_alloc: 0,
+                        fwd_cnt: 0,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Points the timer at the earliest deadline (or disarms it).
+    fn arm_timer(&mut self) {
+        let due = self.deadlines.next_due();
+        if due == self.timer_due {
+            return;
+        }
+        let result = match due {
+            // A zero duration would disarm the timer; fire after 1 ms instead.
+            Some(at) => self.timer.reset(
+                at.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+                None,
+            ),
+            None => self.timer.clear(),
+        };
+        match result {
+            Ok(()) => self.timer_due = due,
+            Err(e) => tracing::warn!("vsock: timerfd: {e}"),
+        }
     }
 
     fn guest_connect(&mut self, h: &VsockHeader) {
@@ -398,6 +498,13 @@ impl VsockBackend for VsockMuxer {
             };
             match owner {
                 Owner::Listener => self.accept_all(),
+                Owner::Timer => {
+                    // Reading clears the expiry (EAGAIN if it was already cleared);
+                    // the deadlines decide what is due.
+                    let _ = self.timer.wait();
+                    self.timer_due = None;
+                    self.expire(Instant::now());
+                }
                 Owner::Handshake => self.handle_handshake(fd),
                 Owner::Conn(key) => {
                     if let Some(c) = self.conns.get_mut(&key) {
@@ -407,6 +514,7 @@ impl VsockBackend for VsockMuxer {
                 }
             }
         }
+        self.arm_timer();
     }
 }
 
@@ -473,6 +581,10 @@ mod tests {
         assert!(host_port >= LOCAL_PORT_BASE);
 
         m.send_pkt(guest(op::RESPONSE, 1024, host_port, b""));
+        assert!(
+            m.deadlines.next_due().is_none(),
+            "an answered connection is no longer timed"
+        );
         let mut ok = vec![0u8; format!("OK {host_port}\n").len()];
         client.read_exact(&mut ok).unwrap();
         assert_eq!(ok, format!("OK {host_port}\n").as_bytes());
@@ -497,6 +609,56 @@ mod tests {
     }
 
     #[test]
+    fn unanswered_connect_is_reset_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        m.open_timeout = Duration::from_millis(100);
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client.write_all(b"CONNECT 1024\n").unwrap();
+        pump_until(&mut m, |m| m.has_pending_rx());
+        let req = m.recv_pkt(4096).unwrap();
+        assert_eq!(req.hdr.op, op::REQUEST);
+        let host_port = req.hdr.src_port;
+
+        // The guest never answers: the timer fires through the muxer's epoll set.
+        pump_until(&mut m, |m| m.connection_count() == 0);
+        let rst = m.recv_pkt(4096).expect("an RST for the guest");
+        assert_eq!(rst.hdr.op, op::RST);
+        assert_eq!((rst.hdr.src_port, rst.hdr.dst_port), (host_port, 1024));
+        assert_eq!(rst.hdr.dst_cid, CID);
+        let mut rest = vec![];
+        assert_eq!(
+            client.read_to_end(&mut rest).unwrap(),
+            0,
+            "the client sees EOF"
+        );
+        assert!(m.deadlines.next_due().is_none());
+        assert!(m
+            .owners
+            .values()
+            .all(|(o, _)| matches!(o, Owner::Listener | Owner::Timer)));
+    }
+
+    #[test]
+    fn silent_host_stream_is_closed_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        m.open_timeout = Duration::from_millis(100);
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        pump_until(&mut m, |m| !m.handshakes.is_empty());
+        pump_until(&mut m, |m| m.handshakes.is_empty());
+        let mut rest = vec![];
+        assert_eq!(client.read_to_end(&mut rest).unwrap(), 0);
+        assert!(!m.has_pending_rx(), "the guest never heard of it");
+    }
+
+    #[test]
     fn bad_handshake_closes_stream() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = muxer(dir.path());
@@ -505,7 +667,9 @@ mod tests {
         client
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        pump_until(&mut m, |m| m.handshakes.is_empty() && m.owners.len() == 1);
+        pump_until(&mut m, |m| {
+            m.handshakes.is_empty() && !m.owners.values().any(|(o, _)| *o == Owner::Handshake)
+        });
         // Closed by the muxer: EOF, or a reset because our bytes were never read.
         let mut buf = vec![];
         match client.read_to_end(&mut buf) {
