@@ -11,6 +11,14 @@ use crate::host_kernel::HostKernel;
 
 /// Line the init script prints with the command's exit status.
 pub const EXIT_MARKER: &str = "HUSK-TESTHOST-EXIT=";
+/// Printed by the test host every [`HEARTBEAT_PERIOD_S`] seconds while it runs
+/// the command, so that a wedged test host (no output at all) can be told
+/// from a quiet command.
+pub const HEARTBEAT_MARKER: &str = "HUSK-TESTHOST-ALIVE";
+/// Seconds between heartbeats.
+pub const HEARTBEAT_PERIOD_S: u32 = 10;
+/// Where the init script records the heartbeat loop's PID.
+pub const HEARTBEAT_PID_FILE: &str = "/run/husk-testhost-heartbeat.pid";
 /// Exit status the init script reports when KVM could not be set up.
 pub const KVM_SETUP_FAILED: i32 = 125;
 /// Where the modules go inside the test host.
@@ -121,6 +129,8 @@ ip link set lo up 2>/dev/null
 grep -q '^kvm_amd ' /proc/modules || fail "kvm_amd is not loaded"
 . /husk-testhost/env
 cd /root
+(while sleep {HEARTBEAT_PERIOD_S}; do echo {HEARTBEAT_MARKER}; done) &
+echo $! > {HEARTBEAT_PID_FILE}
 sh -c "$(cat /husk-testhost/command)"
 echo "{EXIT_MARKER}$?"
 sync

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::host_kernel::{self, HostKernel};
-use crate::image::{self, TestHostImage, EXIT_MARKER};
+use crate::image::{self, TestHostImage, EXIT_MARKER, HEARTBEAT_MARKER};
 
 /// Errors of a test host run.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,12 @@ pub enum Error {
     /// The run took longer than allowed; QEMU was killed.
     #[error("test host timed out after {0:?}; QEMU was killed")]
     Timeout(Duration),
+    /// No console output, not even the heartbeat, for this long: the test host
+    /// is wedged; QEMU was killed.
+    #[error(
+        "test host wedged: no console output, not even its heartbeat, for {0:?}; QEMU was killed"
+    )]
+    Wedged(Duration),
     /// The console watcher asked to end the run (after a fault); QEMU was killed.
     #[error("test host stopped {0:?} after its console showed a fault; QEMU was killed")]
     Stopped(Duration),
@@ -62,6 +68,9 @@ pub struct TestHostConfig {
     pub cache_dir: PathBuf,
     /// Print the kernel's own messages too.
     pub verbose_kernel: bool,
+    /// Give up on a test host whose console stays silent this long once the
+    /// command has started (it prints a heartbeat every few seconds while alive).
+    pub silence_limit: Duration,
 }
 
 impl Default for TestHostConfig {
@@ -74,6 +83,7 @@ impl Default for TestHostConfig {
             busybox: PathBuf::from("/bin/busybox"),
             cache_dir: husk_rootfs::cache::root(),
             verbose_kernel: false,
+            silence_limit: Duration::from_secs(120),
         }
     }
 }
@@ -195,24 +205,41 @@ impl TestHost {
 
         let mut deadline = started + self.config.timeout;
         let mut stop_asked = None;
+        let mut seen_output = false;
         let mut exit_code = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => match line.trim().strip_prefix(EXIT_MARKER) {
-                    Some(code) if exit_code.is_none() => exit_code = code.trim().parse().ok(),
-                    _ if !self.config.verbose_kernel && is_reset_notice(&line) => {}
-                    _ => {
-                        if let Watch::EndWithin(grace) = on_line(&line) {
-                            let end = Instant::now() + grace;
-                            if end < deadline {
-                                deadline = end;
-                                stop_asked = Some(grace);
+            // The boot prints nothing (quiet), so silence counts from the first line on.
+            let wait = match seen_output {
+                true => left.min(self.config.silence_limit),
+                false => left,
+            };
+            match rx.recv_timeout(wait) {
+                Ok(line) => {
+                    seen_output = true;
+                    // A heartbeat only proves the host alive; one may also land in the
+                    // middle of a line of the command's.
+                    let heartbeat = line.contains(HEARTBEAT_MARKER);
+                    let line = line.replace(HEARTBEAT_MARKER, "");
+                    match line.trim().strip_prefix(EXIT_MARKER) {
+                        Some(code) if exit_code.is_none() => exit_code = code.trim().parse().ok(),
+                        _ if heartbeat && line.trim().is_empty() => {}
+                        _ if !self.config.verbose_kernel && is_reset_notice(&line) => {}
+                        _ => {
+                            if let Watch::EndWithin(grace) = on_line(&line) {
+                                let end = Instant::now() + grace;
+                                if end < deadline {
+                                    deadline = end;
+                                    stop_asked = Some(grace);
+                                }
                             }
                         }
                     }
-                },
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    return Err(Error::Wedged(self.config.silence_limit));
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(match stop_asked {
                         Some(grace) => Error::Stopped(grace),

@@ -4,6 +4,14 @@ use std::time::Duration;
 
 use husk_testhost::{qemu::Error, HostFile, TestHost, TestHostConfig, TestHostImage, Watch};
 
+/// One test host at a time: they share two cores, and the leftover check of
+/// `a_timeout_kills_qemu` must not see the QEMU of another test.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn host(timeout: Duration) -> TestHost {
     TestHost::new(TestHostConfig {
         timeout,
@@ -15,6 +23,7 @@ fn host(timeout: Duration) -> TestHost {
 
 #[test]
 fn runs_a_command_with_files_and_reports_its_status() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data.txt");
     std::fs::write(&data, "payload from the outer host\n").unwrap();
@@ -54,6 +63,7 @@ fn runs_a_command_with_files_and_reports_its_status() {
 
 #[test]
 fn a_timeout_kills_qemu() {
+    let _serial = one_at_a_time();
     let image = TestHostImage {
         command: "echo started; sleep 600".into(),
         ..Default::default()
@@ -78,6 +88,7 @@ fn a_timeout_kills_qemu() {
 
 #[test]
 fn a_watcher_ends_the_run_early() {
+    let _serial = one_at_a_time();
     let image = TestHostImage {
         command: "echo fault; sleep 600".into(),
         ..Default::default()
@@ -95,5 +106,61 @@ fn a_watcher_ends_the_run_early() {
         started.elapsed() < Duration::from_secs(120),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[test]
+fn a_silent_host_is_given_up_as_wedged() {
+    let _serial = one_at_a_time();
+    // Stopping the heartbeat makes the host look wedged: no output at all.
+    let image = TestHostImage {
+        command: format!(
+            "echo quiet from now on; kill -STOP $(cat {}); sleep 600",
+            husk_testhost::image::HEARTBEAT_PID_FILE
+        ),
+        ..Default::default()
+    };
+    let mut lines = Vec::new();
+    let started = std::time::Instant::now();
+    let err = TestHost::new(TestHostConfig {
+        timeout: Duration::from_secs(300),
+        memory_mib: 1024,
+        silence_limit: Duration::from_secs(15),
+        ..Default::default()
+    })
+    .expect("prepare the test host")
+    .run(&image, |l| lines.push(l.to_string()))
+    .err();
+    assert!(matches!(err, Some(Error::Wedged(_))), "{err:?} {lines:#?}");
+    assert!(lines.iter().any(|l| l == "quiet from now on"), "{lines:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn heartbeats_keep_a_quiet_command_alive_and_stay_off_the_console() {
+    let _serial = one_at_a_time();
+    let image = TestHostImage {
+        command: "sleep 25; echo done".into(),
+        ..Default::default()
+    };
+    let mut lines = Vec::new();
+    let outcome = TestHost::new(TestHostConfig {
+        timeout: Duration::from_secs(300),
+        memory_mib: 1024,
+        silence_limit: Duration::from_secs(15),
+        ..Default::default()
+    })
+    .expect("prepare the test host")
+    .run(&image, |l| lines.push(l.to_string()))
+    .expect("a quiet command outlives the silence limit");
+    assert_eq!(outcome.exit_code, 0);
+    assert!(lines.iter().any(|l| l == "done"), "{lines:#?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("ALIVE")),
+        "heartbeats are not passed on: {lines:#?}"
     );
 }

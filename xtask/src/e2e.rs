@@ -132,12 +132,25 @@ fn watched_test_host_run(
     });
     match exit {
         Ok(code) => Ok((attempt, Some(code))),
+        Err(e) if is_wedged(&e) => {
+            // A test host that stops answering altogether is the same emulation trouble.
+            eprintln!("xtask: {e:#}");
+            attempt.fault.get_or_insert_with(|| e.to_string());
+            Ok((attempt, None))
+        }
         Err(e) if attempt.fault.is_some() => {
             eprintln!("xtask: {e:#}");
             Ok((attempt, None))
         }
         Err(e) => Err(e),
     }
+}
+
+fn is_wedged(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<husk_testhost::qemu::Error>(),
+        Some(husk_testhost::qemu::Error::Wedged(_))
+    )
 }
 
 /// Builds everything and runs the e2e test binaries whose name starts with
