@@ -100,6 +100,9 @@ impl Vm {
             .arg(&vsock)
             .arg("--api-socket")
             .arg(&api)
+            // Its log (stderr, on the console) says how a guest ended, e.g. a triple fault,
+            // which tells an emulation fault of the nested test host from a husk bug.
+            .env("HUSK_VMM_LOG", "info")
             .stdin(Stdio::null());
         if let Some((sock, tag)) = opts.fs {
             cmd.arg("--fs-socket").arg(sock).arg("--fs-tag").arg(tag);
