@@ -12,6 +12,16 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn host_with_silence_limit(silence_limit: Duration) -> TestHost {
+    TestHost::new(TestHostConfig {
+        timeout: Duration::from_secs(300),
+        memory_mib: 1024,
+        silence_limit,
+        ..Default::default()
+    })
+    .expect("prepare the test host")
+}
+
 fn host(timeout: Duration) -> TestHost {
     TestHost::new(TestHostConfig {
         timeout,
@@ -122,15 +132,9 @@ fn a_silent_host_is_given_up_as_wedged() {
     };
     let mut lines = Vec::new();
     let started = std::time::Instant::now();
-    let err = TestHost::new(TestHostConfig {
-        timeout: Duration::from_secs(300),
-        memory_mib: 1024,
-        silence_limit: Duration::from_secs(15),
-        ..Default::default()
-    })
-    .expect("prepare the test host")
-    .run(&image, |l| lines.push(l.to_string()))
-    .err();
+    let err = host_with_silence_limit(Duration::from_secs(15))
+        .run(&image, |l| lines.push(l.to_string()))
+        .err();
     assert!(matches!(err, Some(Error::Wedged(_))), "{err:?} {lines:#?}");
     assert!(lines.iter().any(|l| l == "quiet from now on"), "{lines:#?}");
     assert!(
@@ -148,15 +152,9 @@ fn heartbeats_keep_a_quiet_command_alive_and_stay_off_the_console() {
         ..Default::default()
     };
     let mut lines = Vec::new();
-    let outcome = TestHost::new(TestHostConfig {
-        timeout: Duration::from_secs(300),
-        memory_mib: 1024,
-        silence_limit: Duration::from_secs(15),
-        ..Default::default()
-    })
-    .expect("prepare the test host")
-    .run(&image, |l| lines.push(l.to_string()))
-    .expect("a quiet command outlives the silence limit");
+    let outcome = host_with_silence_limit(Duration::from_secs(15))
+        .run(&image, |l| lines.push(l.to_string()))
+        .expect("a quiet command outlives the silence limit");
     assert_eq!(outcome.exit_code, 0);
     assert!(lines.iter().any(|l| l == "done"), "{lines:#?}");
     assert!(

@@ -169,12 +169,18 @@ impl VsockMuxer {
         }
     }
 
+    /// The RST answering guest packet `h`.
     fn rst_for(&self, h: &VsockHeader) -> VsockHeader {
+        self.rst_to_guest(h.dst_port, h.src_port)
+    }
+
+    /// An RST from `host_port` to the guest's `guest_port`.
+    fn rst_to_guest(&self, host_port: u32, guest_port: u32) -> VsockHeader {
         VsockHeader {
             src_cid: VSOCK_HOST_CID,
             dst_cid: self.guest_cid,
-            src_port: h.dst_port,
-            dst_port: h.src_port,
+            src_port: host_port,
+            dst_port: guest_port,
             len: 0,
             type_: VSOCK_TYPE_STREAM,
             op: op::RST,
@@ -338,18 +344,8 @@ impl VsockMuxer {
                     let fd = conn.stream().as_raw_fd();
                     self.forget_fd(fd);
                     self.conns.remove(&key);
-                    self.rxq.push_back(RxItem::Raw(VsockHeader {
-                        src_cid: VSOCK_HOST_CID,
-                        dst_cid: self.guest_cid,
-                        src_port: local,
-                        dst_port: peer,
-                        len: 0,
-                        type_: VSOCK_TYPE_STREAM,
-                        op: op::RST,
-                        flags: 0,
-                        buf_alloc: 0,
-                        fwd_cnt: 0,
-                    }));
+                    let rst = self.rst_to_guest(local, peer);
+                    self.rxq.push_back(RxItem::Raw(rst));
                 }
             }
         }
@@ -608,15 +604,21 @@ mod tests {
         assert!(rest.is_empty());
     }
 
-    #[test]
-    fn unanswered_connect_is_reset_after_the_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut m = muxer(dir.path());
+    /// A muxer whose streams must open within 100 ms, and a client connected to it.
+    fn muxer_with_short_open_timeout(dir: &Path) -> (VsockMuxer, UnixStream) {
+        let mut m = muxer(dir);
         m.open_timeout = Duration::from_millis(100);
-        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        let client = UnixStream::connect(dir.join("v.sock")).unwrap();
         client
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
+        (m, client)
+    }
+
+    #[test]
+    fn unanswered_connect_is_reset_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut m, mut client) = muxer_with_short_open_timeout(dir.path());
         client.write_all(b"CONNECT 1024\n").unwrap();
         pump_until(&mut m, |m| m.has_pending_rx());
         let req = m.recv_pkt(4096).unwrap();
@@ -645,12 +647,7 @@ mod tests {
     #[test]
     fn silent_host_stream_is_closed_after_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = muxer(dir.path());
-        m.open_timeout = Duration::from_millis(100);
-        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let (mut m, mut client) = muxer_with_short_open_timeout(dir.path());
         pump_until(&mut m, |m| !m.handshakes.is_empty());
         pump_until(&mut m, |m| m.handshakes.is_empty());
         let mut rest = vec![];
