@@ -21,7 +21,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    match run_vm(&cfg) {
+    let result = run_vm(&cfg);
+    remove_own_sockets(&cfg);
+    match result {
         Ok(reason) => {
             tracing::info!("VM ended: {reason:?}");
             std::process::exit(reason.exit_code());
@@ -30,5 +32,16 @@ fn main() {
             eprintln!("husk-vmm: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+/// Removes the sockets husk-vmm bound. `process::exit` runs no destructors, and the
+/// devices that own them may still be held by another thread when the VM ends.
+fn remove_own_sockets(cfg: &VmConfig) {
+    if let Some(v) = &cfg.vsock {
+        let _ = std::fs::remove_file(&v.socket);
+    }
+    if let Some(api) = &cfg.api_socket {
+        let _ = std::fs::remove_file(api);
     }
 }
