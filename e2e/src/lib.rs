@@ -6,6 +6,7 @@
 //! `husk-testhost`) elsewhere. They find what they need through
 //! [`Artifacts::from_env`].
 
+use husk_lock::MutexExt;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -90,7 +91,7 @@ impl TestEnv {
     /// Takes the lock, reads the artifacts and makes a fresh `<work_dir>/<name>-<pid>`.
     pub fn new(name: &str) -> Self {
         static SERIAL: Mutex<()> = Mutex::new(());
-        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = SERIAL.locked();
         let artifacts = Artifacts::from_env();
         let work = artifacts.scratch(&format!("{name}-{}", std::process::id()));
         Self {

@@ -5,6 +5,7 @@
 //! OCI image built here from /bin/busybox, with `ctr run --runtime io.containerd.husk.v2`.
 //! Each container gets its own husk VM. Run with `cargo xtask e2e shim`.
 
+use husk_lock::MutexExt;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
@@ -24,7 +25,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// that runs the tests one after another.
 fn daemon() -> (&'static Containerd, MutexGuard<'static, ()>) {
     static D: OnceLock<Containerd> = OnceLock::new();
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = SERIAL.locked();
     let d = D.get_or_init(|| {
         let artifacts = Artifacts::from_env();
         let work = artifacts.work_dir.join("shim");

@@ -6,6 +6,7 @@
 //! changes it rereads the counter and, if it grew, queues the container's id. Without
 //! inotify the thread rereads every watched file once per [`POLL_INTERVAL`] instead.
 
+use husk_lock::{CondvarExt, MutexExt};
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fs::File;
@@ -171,7 +172,7 @@ struct Inner {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     fn check_all(&self, wds: Option<&[i32]>) {
@@ -298,12 +299,7 @@ impl OomWatcher {
             if left.is_zero() {
                 return None;
             }
-            state = self
-                .inner
-                .ready
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            state = self.inner.ready.wait_timeout_recovering(state, left).0;
         }
     }
 }

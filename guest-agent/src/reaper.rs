@@ -5,6 +5,7 @@
 //! reports it through a pipe), so statuses of pids nobody watches yet are kept for
 //! [`UNCLAIMED_TTL`] and handed over by [`Reaper::watch`].
 
+use husk_lock::MutexExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
@@ -58,7 +59,7 @@ impl Reaper {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means a panic elsewhere; the map itself stays consistent.
-        self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.0.locked()
     }
 
     /// Tells the reaper a child was just created (it naps while there are none).

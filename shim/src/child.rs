@@ -4,6 +4,7 @@
 //! that forked the child exits, not the process, and ttrpc's worker threads come and go; so
 //! every child is forked by one spawner thread that lives as long as the shim.
 
+use husk_lock::MutexExt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -19,7 +20,7 @@ static SPAWNER: OnceLock<Mutex<Sender<SpawnJob>>> = OnceLock::new();
 
 fn spawner() -> io::Result<Sender<SpawnJob>> {
     if let Some(tx) = SPAWNER.get() {
-        return Ok(tx.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        return Ok(tx.locked().clone());
     }
     let (tx, rx) = channel::<SpawnJob>();
     std::thread::Builder::new()
@@ -30,7 +31,7 @@ fn spawner() -> io::Result<Sender<SpawnJob>> {
             }
         })?;
     let stored = SPAWNER.get_or_init(|| Mutex::new(tx));
-    Ok(stored.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    Ok(stored.locked().clone())
 }
 
 /// Spawns `cmd` from the spawner thread; the child is SIGKILLed when the shim dies.

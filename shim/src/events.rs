@@ -1,6 +1,7 @@
 //! Task events published to containerd, in order, from one publisher thread so that Task
 //! calls never wait on containerd.
 
+use husk_lock::MutexExt;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Mutex;
 
@@ -115,20 +116,12 @@ impl RemoteEvents {
 impl EventSink for RemoteEvents {
     fn publish(&self, event: TaskEvent) {
         tracing::debug!("event {}", event.topic());
-        let _ = self
-            .tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Msg::Event(event));
+        let _ = self.tx.locked().send(Msg::Event(event));
     }
 
     fn flush(&self) {
         let (done, wait) = channel();
-        let sent = self
-            .tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Msg::Flush(done));
+        let sent = self.tx.locked().send(Msg::Flush(done));
         if sent.is_ok() {
             let _ = wait.recv_timeout(std::time::Duration::from_secs(5));
         }

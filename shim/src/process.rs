@@ -1,5 +1,6 @@
 //! A process the shim tracks (a container's init or an exec): its state, exit and streams.
 
+use husk_lock::{CondvarExt, MutexExt};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -40,7 +41,7 @@ impl Process {
     }
 
     fn lock(&self) -> MutexGuard<'_, ProcState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Guest pid (0 before it exists).
@@ -88,27 +89,23 @@ impl Process {
             {
                 return (exit_status, exited_at);
             }
-            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self.changed.wait_recovering(s);
         }
     }
 
     /// Installs the stream relay.
     pub fn set_relay(&self, relay: IoRelay) {
-        *self.relay.lock().unwrap_or_else(|e| e.into_inner()) = Some(relay);
+        *self.relay.locked() = Some(relay);
     }
 
     /// Runs `f` on the relay, if any.
     pub fn with_relay<T>(&self, f: impl FnOnce(&mut IoRelay) -> T) -> Option<T> {
-        self.relay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .map(f)
+        self.relay.locked().as_mut().map(f)
     }
 
     /// Drops the relay (stops stdin copying).
     pub fn drop_relay(&self) {
-        self.relay.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.relay.locked().take();
     }
 }
 

@@ -13,6 +13,7 @@
 //! vmm.pid virtiofsd.pid   for `shim delete` after a crash
 //! ```
 
+use husk_lock::MutexExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex};
@@ -349,7 +350,7 @@ impl Sandbox {
         }
         self.vm.stop(VMM_EXIT_GRACE);
         {
-            let mut v = self.virtiofsd.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v = self.virtiofsd.locked();
             // virtiofsd exits by itself once the VMM closes the vhost-user connection.
             if child::wait_timeout(&mut v, Duration::from_millis(500)).is_none() {
                 child::stop(&mut v, Duration::from_secs(1));

@@ -1,6 +1,7 @@
 //! The shim v2 Task service: every call is converted once (`convert`), handled against the
 //! pod's VM and agent, and answered.
 
+use husk_lock::MutexExt;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,7 +50,7 @@ struct Container {
 
 impl Container {
     fn execs(&self) -> MutexGuard<'_, HashMap<String, Arc<Process>>> {
-        self.execs.lock().unwrap_or_else(|e| e.into_inner())
+        self.execs.locked()
     }
 }
 
@@ -97,13 +98,12 @@ impl TaskService {
     }
 
     fn containers(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
-        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+        self.containers.locked()
     }
 
     fn pod(&self) -> Result<Arc<Sandbox>> {
         self.pod
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .clone()
             .ok_or_else(|| ShimError::FailedPrecondition("the pod VM is not running".into()))
     }
@@ -141,7 +141,7 @@ impl TaskService {
         size: VmSize,
         prepare_share: &dyn Fn() -> Result<()>,
     ) -> Result<(Arc<Sandbox>, bool)> {
-        let mut pod = self.pod.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pod = self.pod.locked();
         if let Some(sb) = pod.as_ref() {
             prepare_share()?;
             return Ok((Arc::clone(sb), false));
@@ -167,7 +167,7 @@ impl TaskService {
         tracing::info!("pod VM for {id} up in {:?}", started.elapsed());
         let source = Arc::new(oom::AgentOom(Arc::clone(sb.agent())));
         match OomMonitor::start(source, Arc::clone(&self.events), oom::POLL_WAIT) {
-            Ok(m) => *self.oom.lock().unwrap_or_else(|e| e.into_inner()) = Some(m),
+            Ok(m) => *self.oom.locked() = Some(m),
             Err(e) => tracing::warn!("no OOM events for pod of {id}: {e}"),
         }
         *pod = Some(Arc::clone(&sb));
@@ -175,8 +175,8 @@ impl TaskService {
     }
 
     fn destroy_pod(&self) {
-        self.oom.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let sb = self.pod.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.oom.locked().take();
+        let sb = self.pod.locked().take();
         if let Some(sb) = sb {
             sb.destroy();
         }
@@ -223,7 +223,7 @@ impl TaskService {
         let cdir = paths.container_dir(&task.id);
         let discard = |e: ShimError| {
             mounts::remove_tree(&cdir);
-            if self.pod.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            if self.pod.locked().is_none() {
                 mounts::remove_tree(&paths.dir);
             }
             e

@@ -1,6 +1,7 @@
 //! The VMM seam: what the shim needs from a running VM ([`Vm`]), how one is started
 //! ([`VmLauncher`]), and the implementation with `husk-vmm` ([`HuskVmm`]).
 
+use husk_lock::MutexExt;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -187,7 +188,7 @@ pub fn parse_api_response(line: &str) -> Result<Value, String> {
 
 impl HuskVmm {
     fn lock(&self) -> std::sync::MutexGuard<'_, Child> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner())
+        self.child.locked()
     }
 }
 

@@ -1,5 +1,6 @@
 //! Boots the real test host (QEMU TCG, Debian's cloud kernel, kvm-amd).
 
+use husk_lock::MutexExt;
 use std::time::Duration;
 
 use husk_testhost::{qemu::Error, HostFile, TestHost, TestHostConfig, TestHostImage, Watch};
@@ -9,7 +10,7 @@ use husk_testhost::{qemu::Error, HostFile, TestHost, TestHostConfig, TestHostIma
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+    ONE_AT_A_TIME.locked()
 }
 
 fn host_with_silence_limit(silence_limit: Duration) -> TestHost {

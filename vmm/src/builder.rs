@@ -1,5 +1,6 @@
 //! Turns a validated [`VmConfig`] into a running VM and waits for its end.
 
+use husk_lock::MutexExt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
@@ -103,7 +104,7 @@ impl MmioAllocator<'_> {
             .register_irqfd(&irq, gsi)
             .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
         {
-            let d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            let d = dev.locked();
             for (i, evt) in d.queue_events().iter().enumerate() {
                 self.vm
                     .fd()
@@ -275,7 +276,7 @@ pub fn run_vm(cfg: &VmConfig) -> Result<ExitReason, VmmError> {
     let reason = exit.reason();
     control.exit();
     control.wait_threads_gone(Duration::from_millis(500));
-    serial.lock().unwrap_or_else(|e| e.into_inner()).flush();
+    serial.locked().flush();
     // Keep guest memory and the VM alive until the vCPUs are gone.
     drop(vm);
     drop(mem);

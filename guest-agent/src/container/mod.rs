@@ -4,6 +4,7 @@ pub mod launch;
 pub mod spec;
 pub mod stdio;
 
+use husk_lock::MutexExt;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
@@ -74,7 +75,7 @@ pub struct Runtime {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.locked()
 }
 
 fn signal_from(n: u32) -> Result<Signal> {

@@ -1,6 +1,7 @@
 //! The standard streams of one container process, as the agent holds them: pipes, or the
 //! master side of a pseudo terminal.
 
+use husk_lock::MutexExt;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -98,7 +99,7 @@ impl ProcessIo {
     pub fn write_stdin(&self, data: &[u8]) -> Result<usize> {
         match self {
             ProcessIo::Pipes { stdin, .. } => {
-                let mut guard = stdin.lock().unwrap_or_else(|p| p.into_inner());
+                let mut guard = stdin.locked();
                 let Some(w) = guard.as_mut() else {
                     return Err(Error::FailedPrecondition("stdin is closed".into()));
                 };
@@ -114,7 +115,7 @@ impl ProcessIo {
     pub fn close_stdin(&self) -> Result<()> {
         match self {
             ProcessIo::Pipes { stdin, .. } => {
-                stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+                stdin.locked().take();
                 Ok(())
             }
             ProcessIo::Terminal { master } => (&*master)

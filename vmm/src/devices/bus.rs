@@ -1,5 +1,6 @@
 //! Address-range dispatch of vCPU I/O and MMIO exits to devices.
 
+use husk_lock::MutexExt;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -88,7 +89,7 @@ impl Bus {
 /// Locks a device, recovering from a poisoned lock (a panicked device thread must not take
 /// the vCPUs down with it).
 pub fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    dev.lock().unwrap_or_else(|e| e.into_inner())
+    dev.locked()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! `immediate_exit` in that thread's `kvm_run`, so a kick is never lost even when it lands
 //! just before `KVM_RUN` starts.
 
+use husk_lock::{CondvarExt, MutexExt};
 use std::cell::Cell;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -81,7 +82,7 @@ impl Default for VcpuControl {
 
 impl VcpuControl {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.locked()
     }
 
     /// Registers the calling vCPU thread for kicks.
@@ -126,11 +127,7 @@ impl VcpuControl {
             if left.is_zero() {
                 return false;
             }
-            g = self
-                .cv
-                .wait_timeout(g, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            g = self.cv.wait_timeout_recovering(g, left).0;
         }
         true
     }
@@ -161,11 +158,7 @@ impl VcpuControl {
             if left.is_zero() {
                 return false;
             }
-            g = self
-                .cv
-                .wait_timeout(g, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            g = self.cv.wait_timeout_recovering(g, left).0;
         }
         true
     }
@@ -178,7 +171,7 @@ impl VcpuControl {
             g.parked += 1;
             self.cv.notify_all();
             while g.state == RunState::Paused {
-                g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                g = self.cv.wait_recovering(g);
             }
             g.parked -= 1;
         }

@@ -1,5 +1,6 @@
 //! The virtio-mmio transport (virtio 1.x "modern" register layout).
 
+use husk_lock::MutexExt;
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
@@ -28,7 +29,7 @@ mod status {
 
 /// Locks a device, recovering from poisoning.
 fn locked(dev: &Mutex<dyn VirtioDevice>) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
-    dev.lock().unwrap_or_else(|e| e.into_inner())
+    dev.locked()
 }
 
 /// One virtio-mmio window: registers, queue setup and the device behind it.

@@ -1,6 +1,7 @@
 //! Glue between the VMM event loop and a [`VsockDevice`]: which fds to watch and what to do
 //! when each becomes readable.
 
+use husk_lock::MutexExt;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +21,7 @@ impl<B: VsockBackend> VsockEventHandler<B> {
     /// Watches the device's queue eventfds, activation eventfd and backend fd.
     pub fn new(device: Arc<Mutex<VsockDevice<B>>>) -> Self {
         let fds = {
-            let d = device.lock().unwrap_or_else(|e| e.into_inner());
+            let d = device.locked();
             let q = d.queue_events();
             [
                 q[RXQ].as_raw_fd(),
@@ -40,7 +41,7 @@ impl<B: VsockBackend> Subscriber for VsockEventHandler<B> {
     }
 
     fn handle(&mut self, fd: RawFd, ev: EventSet) {
-        let mut d = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = self.device.locked();
         match self.fds.iter().position(|f| *f == fd) {
             Some(0) => d.handle_rxq_event(),
             Some(1) => d.handle_txq_event(),
