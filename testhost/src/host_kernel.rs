@@ -92,9 +92,14 @@ fn run(cmd: &mut Command) -> Result<String> {
 }
 
 /// Finds the concrete image package the meta package depends on,
-/// e.g. `linux-image-6.1.0-56-cloud-amd64`.
-pub fn current_package() -> Result<String> {
-    let text = run(Command::new("apt-cache").args(["depends", META_PACKAGE]))?;
+/// e.g. `linux-image-6.1.0-56-cloud-amd64`, in apt suite `suite` (e.g.
+/// `bookworm-backports`) or else the default candidate.
+pub fn current_package(suite: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new("apt-cache");
+    if let Some(suite) = suite {
+        cmd.args(["-t", suite]);
+    }
+    let text = run(cmd.args(["depends", META_PACKAGE]))?;
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .map(str::trim)
@@ -107,7 +112,23 @@ pub fn current_package() -> Result<String> {
         })
 }
 
-/// Extracts the ELF kernel from a bzImage whose payload is LZ4-compressed.
+/// Magic of a zstd frame (Debian's 6.12 kernels), little-endian.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Decodes a bzImage payload: LZ4 legacy frames (Debian's 6.1 kernels) or a
+/// zstd frame (6.12). Both carry a trailing size word after the frame.
+fn decompress_payload(payload: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    if payload.starts_with(&ZSTD_MAGIC) {
+        let mut out = Vec::new();
+        let mut decoder =
+            ruzstd::decoding::StreamingDecoder::new(payload).map_err(|e| format!("zstd: {e}"))?;
+        std::io::Read::read_to_end(&mut decoder, &mut out).map_err(|e| format!("zstd: {e}"))?;
+        return Ok(out);
+    }
+    lz4_legacy::decompress(payload).map_err(|e| e.to_string())
+}
+
+/// Extracts the ELF kernel from a bzImage whose payload is LZ4- or zstd-compressed.
 pub fn extract_vmlinux(bzimage: &[u8]) -> std::result::Result<Vec<u8>, String> {
     let u32_at = |at: usize| -> Option<u32> {
         bzimage
@@ -127,16 +148,17 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> std::result::Result<Vec<u8>, String> {
     let payload = bzimage
         .get(start..start + length)
         .ok_or("payload out of range")?;
-    let elf = lz4_legacy::decompress(payload).map_err(|e| e.to_string())?;
+    let elf = decompress_payload(payload)?;
     if !elf.starts_with(b"\x7fELF") {
         return Err("payload is not an ELF image".into());
     }
     Ok(elf)
 }
 
-/// Prepares (or finds cached) the host kernel under `cache_root`.
-pub fn prepare(cache_root: &Path) -> Result<HostKernel> {
-    let package = current_package()?;
+/// Prepares (or finds cached) the host kernel of apt suite `suite` (the
+/// default candidate when `None`) under `cache_root`.
+pub fn prepare(cache_root: &Path, suite: Option<&str>) -> Result<HostKernel> {
+    let package = current_package(suite)?;
     let dir = cache_root.join("testhost").join(&package);
     let vmlinux = dir.join("vmlinux");
     let modules: Vec<PathBuf> = KVM_MODULES
@@ -171,7 +193,24 @@ pub fn prepare(cache_root: &Path) -> Result<HostKernel> {
     for m in KVM_MODULES {
         let src = module_root.join(m);
         let dst = staging.join(Path::new(m).file_name().expect("module paths have names"));
-        std::fs::copy(&src, &dst).map_err(io(&src))?;
+        // Newer Debian kernels ship `.ko.xz`; busybox's insmod wants them plain.
+        let xz = src.with_extension("ko.xz");
+        if !src.exists() && xz.exists() {
+            let out = Command::new("xz")
+                .arg("-dc")
+                .arg(&xz)
+                .output()
+                .map_err(io(&xz))?;
+            if !out.status.success() {
+                return Err(Error::Command {
+                    command: format!("xz -dc {}", xz.display()),
+                    detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+            std::fs::write(&dst, out.stdout).map_err(io(&dst))?;
+        } else {
+            std::fs::copy(&src, &dst).map_err(io(&src))?;
+        }
     }
     std::fs::remove_dir_all(&tree).map_err(io(&tree))?;
     std::fs::remove_file(&deb).map_err(io(&deb))?;
@@ -204,5 +243,17 @@ mod tests {
         image.extend_from_slice(&[0u8; 16]);
         image.extend_from_slice(&payload);
         assert_eq!(extract_vmlinux(&image).unwrap(), elf);
+    }
+
+    #[test]
+    fn extracts_a_zstd_payload_with_its_trailing_size_word() {
+        let elf = [b"\x7fELF".as_slice(), &[7u8; 9000]].concat();
+        let mut payload = ruzstd::encoding::compress_to_vec(
+            elf.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        payload.extend_from_slice(&(elf.len() as u32).to_le_bytes());
+        assert_eq!(decompress_payload(&payload).unwrap(), elf);
+        assert!(decompress_payload(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]).is_err());
     }
 }

@@ -54,8 +54,15 @@ pub enum Error {
 /// Settings of the test host machine.
 #[derive(Debug, Clone)]
 pub struct TestHostConfig {
-    /// The QEMU binary.
+    /// The QEMU binary (`HUSK_TESTHOST_QEMU`, else `qemu-system-x86_64` from PATH).
     pub qemu: PathBuf,
+    /// QEMU's firmware directory (`-L`), for a QEMU unpacked outside `/usr`
+    /// (`HUSK_TESTHOST_QEMU_DATA`); `None` uses the binary's built-in path.
+    pub qemu_data: Option<PathBuf>,
+    /// The apt suite whose cloud kernel the test host boots
+    /// (`HUSK_TESTHOST_KERNEL_SUITE`, e.g. `bookworm-backports`); `None` takes
+    /// the default candidate.
+    pub kernel_suite: Option<String>,
     /// Memory in MiB.
     pub memory_mib: u32,
     /// Virtual CPUs (TCG runs one host thread per vCPU).
@@ -76,7 +83,12 @@ pub struct TestHostConfig {
 impl Default for TestHostConfig {
     fn default() -> Self {
         Self {
-            qemu: PathBuf::from("qemu-system-x86_64"),
+            qemu: std::env::var_os("HUSK_TESTHOST_QEMU")
+                .map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from),
+            qemu_data: std::env::var_os("HUSK_TESTHOST_QEMU_DATA").map(PathBuf::from),
+            kernel_suite: std::env::var("HUSK_TESTHOST_KERNEL_SUITE")
+                .ok()
+                .filter(|s| !s.is_empty()),
             memory_mib: 3072,
             cpus: 2,
             timeout: Duration::from_secs(1200),
@@ -126,7 +138,7 @@ impl Drop for ChildGuard {
 impl TestHost {
     /// Prepares the host kernel (downloading it on first use).
     pub fn new(config: TestHostConfig) -> Result<Self, Error> {
-        let kernel = host_kernel::prepare(&config.cache_dir)?;
+        let kernel = host_kernel::prepare(&config.cache_dir, config.kernel_suite.as_deref())?;
         Ok(Self { kernel, config })
     }
 
@@ -139,6 +151,9 @@ impl TestHost {
             "quiet loglevel=1"
         };
         let mut cmd = Command::new(&c.qemu);
+        if let Some(data) = &c.qemu_data {
+            cmd.arg("-L").arg(data);
+        }
         cmd.args(["-M", "microvm,accel=tcg", "-cpu", "max"])
             .args(["-m", &c.memory_mib.to_string(), "-smp", &c.cpus.to_string()])
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
