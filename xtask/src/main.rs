@@ -6,6 +6,7 @@ mod bench;
 mod e2e;
 mod e2e_attempts;
 mod install;
+mod test_host;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
