@@ -18,6 +18,8 @@ pub mod summary;
 
 use std::collections::BTreeSet;
 
+use serde::{Serialize, Serializer};
+
 pub use fault::{Fault, FaultKind};
 pub use summary::Summary;
 
@@ -47,23 +49,36 @@ pub enum HostEnd {
     Died,
 }
 
-/// What one test-host run reported.
-#[derive(Debug, Default, Clone)]
+/// What one test-host run reported; also its part of the JSON summary.
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Attempt {
     /// Tests (`binary::test`) that started, in order.
+    #[serde(rename = "tests_run")]
     pub started: Vec<String>,
     /// Tests that passed.
     pub passed: BTreeSet<String>,
     /// Tests that failed.
     pub failed: BTreeSet<String>,
-    /// Every fault seen, with the test it is attributed to.
-    pub faults: Vec<Fault>,
-    /// How the host ended; `None` while it runs.
-    pub end: Option<HostEnd>,
-    /// The test whose output the console shows now.
+    /// The test whose output the console shows now; once the host ended,
+    /// the one it cut short (see [`Attempt::cut`]).
+    #[serde(rename = "cut")]
     running: Option<String>,
+    /// How the host ended: in the JSON, the script's exit status, `null`
+    /// where the host ended first.
+    #[serde(rename = "exit", serialize_with = "exit_status")]
+    pub end: Option<HostEnd>,
+    /// Every fault seen, with the test it is attributed to and its console line.
+    pub faults: Vec<Fault>,
     /// The console now replays the kernel log.
+    #[serde(skip)]
     in_kernel_log: bool,
+}
+
+fn exit_status<S: Serializer>(end: &Option<HostEnd>, s: S) -> Result<S::Ok, S::Error> {
+    match end {
+        Some(HostEnd::Exited(code)) => s.serialize_some(code),
+        _ => s.serialize_none(),
+    }
 }
 
 impl Attempt {
@@ -128,6 +143,20 @@ impl Attempt {
     }
 }
 
+#[cfg(test)]
+impl Attempt {
+    /// An attempt whose console showed `lines` and whose host ended so
+    /// (with the message `test host wedged`), for tests.
+    pub fn seen(lines: &[&str], end: HostEnd) -> Self {
+        let mut a = Attempt::default();
+        for l in lines {
+            a.observe(l);
+        }
+        a.finish(end, "test host wedged");
+        a
+    }
+}
+
 /// The test name after `prefix` on a marker line: one word, nothing else.
 fn marker(line: &str, prefix: &str) -> Option<String> {
     let rest = line.trim_end().strip_prefix(prefix)?;
@@ -177,12 +206,7 @@ mod tests {
     const TRIPLE: &str = "2026-11-21T11:15:09Z  WARN husk_vmm: vCPU 0: shutdown (triple fault)";
 
     fn attempt(lines: &[&str], end: HostEnd) -> Attempt {
-        let mut a = Attempt::default();
-        for l in lines {
-            a.observe(l);
-        }
-        a.finish(end, "test host wedged: no console output");
-        a
+        Attempt::seen(lines, end)
     }
 
     #[test]

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::{Attempt, Fault, FaultKind, HostEnd};
+use super::{Attempt, FaultKind};
 
 /// The outcome of all the attempts of one run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     /// Tests that passed in the first attempt that ran them.
     pub passed: usize,
@@ -23,24 +23,7 @@ pub struct Summary {
     /// Faults of all attempts, by kind.
     pub faults: BTreeMap<FaultKind, usize>,
     /// Each attempt, in order.
-    pub attempts: Vec<AttemptReport>,
-}
-
-/// One attempt in the summary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AttemptReport {
-    /// Tests that started, in order.
-    pub tests_run: Vec<String>,
-    /// Tests that passed.
-    pub passed: Vec<String>,
-    /// Tests that failed.
-    pub failed: Vec<String>,
-    /// The test that was running when the host ended before the script did.
-    pub cut: Option<String>,
-    /// The script's exit status; `None` when the host ended first.
-    pub exit: Option<i32>,
-    /// The faults, each with the test it is attributed to and its console line.
-    pub faults: Vec<Fault>,
+    pub attempts: Vec<Attempt>,
 }
 
 impl Summary {
@@ -79,7 +62,7 @@ impl Summary {
             failed: failed_tests.len(),
             failed_tests,
             faults,
-            attempts: attempts.iter().map(AttemptReport::from).collect(),
+            attempts: attempts.to_vec(),
         }
     }
 
@@ -115,33 +98,14 @@ impl Summary {
     }
 }
 
-impl From<&Attempt> for AttemptReport {
-    fn from(a: &Attempt) -> Self {
-        Self {
-            tests_run: a.started.clone(),
-            passed: a.passed.iter().cloned().collect(),
-            failed: a.failed.iter().cloned().collect(),
-            cut: a.cut().map(str::to_string),
-            exit: match a.end {
-                Some(HostEnd::Exited(code)) => Some(code),
-                _ => None,
-            },
-            faults: a.faults.clone(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::e2e_attempts::{Fault, HostEnd};
+
     fn attempt(lines: &[&str], end: HostEnd) -> Attempt {
-        let mut a = Attempt::default();
-        for l in lines {
-            a.observe(l);
-        }
-        a.finish(end, "test host wedged");
-        a
+        Attempt::seen(lines, end)
     }
 
     const OOPS: &str = "[  88.838128] BUG: unable to handle page fault";
