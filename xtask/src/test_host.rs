@@ -150,7 +150,13 @@ pub(crate) fn report(attempt_no: usize, attempt: &Attempt, next: &Next, rerun: &
         ));
     }
     eprintln!("{text}");
-    if *next == Next::Retry {
+    let real: Vec<&str> = attempt.real_failures().map(String::as_str).collect();
+    if !real.is_empty() {
+        eprintln!(
+            "xtask: failed with no fault of its own, so not run again: {}",
+            real.join(", ")
+        );
+    } else if *next == Next::Retry {
         eprintln!(
             "xtask: the faults above are of the nested virtualisation (QEMU TCG's SVM \
              emulation), not husk; {rerun} in a fresh test host"
