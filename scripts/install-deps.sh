@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything husk needs to build and test on Debian 12 (bookworm).
-# Idempotent: a second run only checks.
+# Idempotent, and fast when all is there (one dpkg-query, one lookup): `cargo
+# xtask demo` and `cargo xtask test` run it first, so on a fresh machine with
+# Rust the README's two commands are the whole set-up. Installing packages
+# needs root; checking does not.
 set -euo pipefail
 
 packages=(
@@ -16,11 +19,25 @@ packages=(
     protobuf-compiler
 )
 
+if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "install-deps: no dpkg-query: husk's set-up expects Debian 12; install the" \
+        "equivalents of: ${packages[*]} (set HUSK_SKIP_INSTALL_DEPS=1 to make xtask skip this)" >&2
+    exit 1
+fi
+
+# Packages dpkg does not know at all are missing too (dpkg-query omits them).
+installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${packages[@]}" 2>/dev/null |
+    awk '$NF == "installed" { print $1 }' || true)
 missing=()
 for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    grep -qxF "$p" <<<"$installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
+    if ((EUID != 0)); then
+        echo "install-deps: missing Debian packages: ${missing[*]}" >&2
+        echo "install-deps: installing them needs root: run 'sudo bash scripts/install-deps.sh' once" >&2
+        exit 1
+    fi
     echo "== apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q

@@ -34,26 +34,36 @@ pub fn compress(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decompresses one legacy frame (for tests and tools).
+/// Decompresses a legacy stream the way the kernel's unpacker reads one, so
+/// that the same decoder serves our initramfs and Debian's `vmlinuz` payload:
+/// a magic word between blocks starts another frame, and a last lone 32-bit
+/// word is the uncompressed size the kernel build appends (`size_append`),
+/// which the `lz4` tool chokes on.
 pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, Lz4Error> {
     let rest = frame
         .strip_prefix(&MAGIC.to_le_bytes())
         .ok_or(Lz4Error::NoMagic)?;
     let mut out = Vec::new();
+    let mut buf = vec![0; BLOCK];
     let mut at = 0;
-    while at < rest.len() {
-        let len = rest
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or(Lz4Error::Truncated(at))?;
+    // Exactly four bytes left: the appended size word, not a block.
+    while rest.len() - at > 4 {
+        let len = u32::from_le_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
+        if len == MAGIC {
+            at += 4;
+            continue;
+        }
+        let len = len as usize;
         let block = rest
             .get(at + 4..at + 4 + len)
             .ok_or(Lz4Error::Truncated(at))?;
-        let mut buf = vec![0; BLOCK];
         let n = lz4_flex::block::decompress_into(block, &mut buf)
             .map_err(|_| Lz4Error::BadBlock(at))?;
         out.extend_from_slice(&buf[..n]);
         at += 4 + len;
+    }
+    if rest.len() > at && rest.len() - at < 4 {
+        return Err(Lz4Error::Truncated(at));
     }
     Ok(out)
 }
@@ -79,5 +89,25 @@ mod tests {
             decompress(&frame[..frame.len() - 3]),
             Err(Lz4Error::Truncated(0))
         );
+    }
+
+    #[test]
+    fn reads_kernel_payloads_with_size_word_and_concatenated_frames() {
+        let a = vec![1u8; 100_000];
+        let b: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        // Two frames back to back, then the size word the kernel build appends.
+        let mut stream = compress(&a);
+        stream.extend_from_slice(&compress(&b));
+        stream.extend_from_slice(&((a.len() + b.len()) as u32).to_le_bytes());
+        assert_eq!(decompress(&stream).unwrap(), [a, b].concat());
+    }
+
+    #[test]
+    fn rejects_a_corrupt_block() {
+        let mut frame = compress(&[7u8; 1000]);
+        frame[9] ^= 0xff;
+        frame[10] ^= 0xff;
+        let r = decompress(&frame);
+        assert!(r.is_err() || r.unwrap() != vec![7u8; 1000]);
     }
 }

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::lz4_legacy;
+use husk_rootfs::lz4_legacy;
 
 /// The meta package naming the current cloud kernel.
 pub const META_PACKAGE: &str = "linux-image-cloud-amd64";
@@ -231,10 +231,9 @@ mod tests {
     #[test]
     fn extracts_synthetic_bzimage() {
         let elf = [b"\x7fELF".as_slice(), &[9u8; 5000]].concat();
-        let block = lz4_flex::block::compress(&elf);
-        let mut payload = 0x184C_2102u32.to_le_bytes().to_vec();
-        payload.extend_from_slice(&(block.len() as u32).to_le_bytes());
-        payload.extend_from_slice(&block);
+        // As Debian's payload: one legacy frame, then the appended size word.
+        let mut payload = lz4_legacy::compress(&elf);
+        payload.extend_from_slice(&(elf.len() as u32).to_le_bytes());
         let mut image = vec![0u8; 0x400];
         image[0x1f1] = 1; // one setup sector: protected-mode code at 1024
         image[0x202..0x206].copy_from_slice(b"HdrS");

@@ -16,7 +16,6 @@
 pub mod closure;
 pub mod host_kernel;
 pub mod image;
-pub mod lz4_legacy;
 pub mod qemu;
 
 pub use image::{HostFile, TestHostImage};

@@ -1,7 +1,7 @@
 //! Boots the real test host (QEMU TCG, Debian's cloud kernel, kvm-amd).
 
 use husk_lock::MutexExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use husk_testhost::{qemu::Error, HostFile, TestHost, TestHostConfig, TestHostImage, Watch};
 
@@ -13,23 +13,44 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.locked()
 }
 
+/// A small test host that gives up after `timeout`.
+fn host(timeout: Duration) -> TestHost {
+    host_with(TestHostConfig {
+        timeout,
+        ..Default::default()
+    })
+}
+
+/// A small test host that gives up after `silence_limit` without output.
 fn host_with_silence_limit(silence_limit: Duration) -> TestHost {
-    TestHost::new(TestHostConfig {
+    host_with(TestHostConfig {
         timeout: Duration::from_secs(300),
-        memory_mib: 1024,
         silence_limit,
         ..Default::default()
+    })
+}
+
+fn host_with(config: TestHostConfig) -> TestHost {
+    TestHost::new(TestHostConfig {
+        memory_mib: 1024,
+        ..config
     })
     .expect("prepare the test host")
 }
 
-fn host(timeout: Duration) -> TestHost {
-    TestHost::new(TestHostConfig {
-        timeout,
-        memory_mib: 1024,
+/// An image that runs `command` and holds nothing else.
+fn running(command: &str) -> TestHostImage {
+    TestHostImage {
+        command: command.into(),
         ..Default::default()
-    })
-    .expect("prepare the test host")
+    }
+}
+
+/// Asserts that a run cut short ended well before its 300 s limit: within
+/// the boot plus the few seconds of grace or silence it was given.
+fn assert_cut_short(started: Instant) {
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(120), "{took:?}");
 }
 
 #[test]
@@ -75,10 +96,7 @@ fn runs_a_command_with_files_and_reports_its_status() {
 #[test]
 fn a_timeout_kills_qemu() {
     let _serial = one_at_a_time();
-    let image = TestHostImage {
-        command: "echo started; sleep 600".into(),
-        ..Default::default()
-    };
+    let image = running("echo started; sleep 600");
     let mut lines = Vec::new();
     let err = host(Duration::from_secs(30))
         .run(&image, |l| lines.push(l.to_string()))
@@ -100,11 +118,8 @@ fn a_timeout_kills_qemu() {
 #[test]
 fn a_watcher_ends_the_run_early() {
     let _serial = one_at_a_time();
-    let image = TestHostImage {
-        command: "echo fault; sleep 600".into(),
-        ..Default::default()
-    };
-    let started = std::time::Instant::now();
+    let image = running("echo fault; sleep 600");
+    let started = Instant::now();
     let err = host(Duration::from_secs(300))
         .run_watched(&image, |l| match l {
             "fault" => Watch::EndWithin(Duration::from_secs(2)),
@@ -112,46 +127,31 @@ fn a_watcher_ends_the_run_early() {
         })
         .err();
     assert!(matches!(err, Some(Error::Stopped(_))), "{err:?}");
-    // Well before the 300 s limit: the boot plus the 2 s of grace.
-    assert!(
-        started.elapsed() < Duration::from_secs(120),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_cut_short(started);
 }
 
 #[test]
 fn a_silent_host_is_given_up_as_wedged() {
     let _serial = one_at_a_time();
     // Stopping the heartbeat makes the host look wedged: no output at all.
-    let image = TestHostImage {
-        command: format!(
-            "echo quiet from now on; kill -STOP $(cat {}); sleep 600",
-            husk_testhost::image::HEARTBEAT_PID_FILE
-        ),
-        ..Default::default()
-    };
+    let image = running(&format!(
+        "echo quiet from now on; kill -STOP $(cat {}); sleep 600",
+        husk_testhost::image::HEARTBEAT_PID_FILE
+    ));
     let mut lines = Vec::new();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let err = host_with_silence_limit(Duration::from_secs(15))
         .run(&image, |l| lines.push(l.to_string()))
         .err();
     assert!(matches!(err, Some(Error::Wedged(_))), "{err:?} {lines:#?}");
     assert!(lines.iter().any(|l| l == "quiet from now on"), "{lines:#?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(120),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_cut_short(started);
 }
 
 #[test]
 fn heartbeats_keep_a_quiet_command_alive_and_stay_off_the_console() {
     let _serial = one_at_a_time();
-    let image = TestHostImage {
-        command: "sleep 25; echo done".into(),
-        ..Default::default()
-    };
+    let image = running("sleep 25; echo done");
     let mut lines = Vec::new();
     let outcome = host_with_silence_limit(Duration::from_secs(15))
         .run(&image, |l| lines.push(l.to_string()))

@@ -10,7 +10,7 @@ use husk_rootfs::initramfs::Compression;
 use husk_testhost::HostFile;
 
 use crate::artifacts;
-use crate::e2e::{self, HOST_BIN, HOST_INITRD, HOST_KERNEL};
+use crate::test_host::{self, HOST_BIN, HOST_INITRD, HOST_KERNEL};
 
 const JSON_PREFIX: &str = "HUSK-BENCH-JSON ";
 /// QEMU's firmware for the microvm machine and its option ROMs.
@@ -83,7 +83,7 @@ pub fn run(runs: usize) -> Result<bool> {
         return Ok(status.success());
     }
     eprintln!("xtask: no VT-x/AMD-V here: benchmarking inside the test host");
-    let mut files = e2e::test_host_files(&a, &[]);
+    let mut files = test_host::files(&a, &[]);
     let qemu = Path::new("/usr/bin/qemu-system-x86_64");
     files.push(HostFile::executable(qemu, "/usr/bin/qemu-system-x86_64"));
     for name in QEMU_DATA {
@@ -105,7 +105,7 @@ pub fn run(runs: usize) -> Result<bool> {
          {HOST_BIN}/husk-bench --runs {runs} --boot-trace --kernel {HOST_KERNEL} --initrd {HOST_INITRD} --bin-dir {HOST_BIN}{alts}"
     );
     let mut json = None;
-    let ok = e2e::retry_on_fault("the benchmarks", files, &command, &mut |line| match line
+    let ok = test_host::retry_on_fault("bench", files, &command, &mut |line| match line
         .strip_prefix(JSON_PREFIX)
     {
         Some(j) => json = Some(j.to_string()),

@@ -1,55 +1,163 @@
-//! Running the end-to-end tests in the test host over several attempts.
+//! Running the end-to-end tests in the test host over several attempts, and
+//! judging each attempt honestly.
 //!
 //! QEMU TCG's emulation of nested SVM sometimes faults (the test host's own
-//! kernel oopses or locks up, or a guest triple-faults in one boot and not the
-//! next). Such a fault says nothing about husk, so the tests it interrupted
-//! run again in a fresh test host, while the tests that passed are kept. Each
-//! test runs as its own process and reports itself with a marker line, so a
-//! test host that dies mid-run still tells which tests were done.
+//! kernel oopses or locks up, the test host goes silent, or a guest
+//! triple-faults in one boot and not the next). Such a fault says nothing
+//! about husk, so the test it hit runs again in a fresh test host. Every
+//! test runs as its own process between a start marker and a verdict marker,
+//! so each fault is attributed to the test in whose output it appeared (or
+//! that was running when the host wedged or died), and only those tests, and
+//! the ones the dead host never reached, run again. A test that failed with no
+//! fault of its own fails the run at once; a test that passed is kept, fault
+//! or not (the fault is still counted).
+
+pub mod fault;
+pub mod script;
+pub mod summary;
 
 use std::collections::BTreeSet;
 
+use serde::{Serialize, Serializer};
+
+pub use fault::{Fault, FaultKind};
+pub use summary::Summary;
+
+/// Marker the script prints before a test runs: `== <binary>::<test>`.
+const START_MARKER: &str = "== ";
 /// Marker printed after a test passed: `xtask-passed <binary>::<test>`.
 const PASSED_MARKER: &str = "xtask-passed ";
 /// Marker printed after a test failed: `xtask-failed <binary>::<test>`.
 const FAILED_MARKER: &str = "xtask-failed ";
+/// Marker before the script replays the kernel log after a failure: the
+/// fault lines in that replay were already seen (and counted) as they came.
+const KERNEL_LOG_MARKER: &str = "== test host kernel log (last 40 lines)";
 
 /// Test-host runs allowed when the earlier ones were cut by emulation faults.
 pub const MAX_ATTEMPTS: usize = 5;
 
-/// libtest flags that take no value and apply to running a test, not only to
-/// listing it.
-const RUN_FLAGS: &[&str] = &[
-    "--nocapture",
-    "--show-output",
-    "--ignored",
-    "--include-ignored",
-];
+/// How a test host run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostEnd {
+    /// The script ran to its end and exited with this status.
+    Exited(i32),
+    /// xtask stopped the host some time after a fault it had already seen.
+    Stopped,
+    /// The host went silent, even its heartbeat.
+    Wedged,
+    /// The host ended without the script's exit status.
+    Died,
+}
 
-/// What one test-host run reported.
-#[derive(Debug, Default)]
+/// What one test-host run reported; also its part of the JSON summary.
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Attempt {
-    /// Tests (`binary::test`) that passed.
+    /// Tests (`binary::test`) that started, in order.
+    #[serde(rename = "tests_run")]
+    pub started: Vec<String>,
+    /// Tests that passed.
     pub passed: BTreeSet<String>,
-    /// Tests (`binary::test`) that failed.
+    /// Tests that failed.
     pub failed: BTreeSet<String>,
-    /// The first console line that showed an emulation fault.
-    pub fault: Option<String>,
+    /// The test whose output the console shows now; once the host ended,
+    /// the one it cut short (see [`Attempt::cut`]).
+    #[serde(rename = "cut")]
+    running: Option<String>,
+    /// How the host ended: in the JSON, the script's exit status, `null`
+    /// where the host ended first.
+    #[serde(rename = "exit", serialize_with = "exit_status")]
+    pub end: Option<HostEnd>,
+    /// Every fault seen, with the test it is attributed to and its console line.
+    pub faults: Vec<Fault>,
+    /// The console now replays the kernel log.
+    #[serde(skip)]
+    in_kernel_log: bool,
+}
+
+fn exit_status<S: Serializer>(end: &Option<HostEnd>, s: S) -> Result<S::Ok, S::Error> {
+    match end {
+        Some(HostEnd::Exited(code)) => s.serialize_some(code),
+        _ => s.serialize_none(),
+    }
 }
 
 impl Attempt {
     /// Takes in one console line of the test host.
     pub fn observe(&mut self, line: &str) {
-        if let Some(test) = marker(line, PASSED_MARKER) {
+        if line.trim() == KERNEL_LOG_MARKER {
+            self.in_kernel_log = true;
+        } else if let Some(test) = marker(line, START_MARKER) {
+            self.started.push(test.clone());
+            self.running = Some(test);
+        } else if let Some(test) = marker(line, PASSED_MARKER) {
             self.passed.insert(test);
+            self.running = None;
         } else if let Some(test) = marker(line, FAILED_MARKER) {
             self.failed.insert(test);
-        } else if self.fault.is_none() && is_emulation_fault(line) {
-            self.fault = Some(line.trim().to_string());
+            self.running = None;
+        } else if let Some(kind) = fault::classify(line).filter(|_| !self.in_kernel_log) {
+            self.add_fault(kind, line.trim());
         }
+    }
+
+    /// Records how the host ended; `message` says why where it did not exit.
+    /// A wedge is a fault of the test that was running; so is a host that
+    /// died, unless a fault already seen in that test (or outside any test)
+    /// explains it.
+    pub fn finish(&mut self, end: HostEnd, message: &str) {
+        self.end = Some(end);
+        match end {
+            HostEnd::Wedged => self.add_fault(FaultKind::Wedge, message),
+            HostEnd::Died if self.faults_of(self.running.as_deref()).next().is_none() => {
+                self.add_fault(FaultKind::HostDied, message)
+            }
+            HostEnd::Exited(_) | HostEnd::Stopped | HostEnd::Died => {}
+        }
+    }
+
+    /// The test that was running when the host ended, with no verdict.
+    pub fn cut(&self) -> Option<&str> {
+        self.running.as_deref()
+    }
+
+    /// The faults attributed to `test` (`None`: to no test).
+    pub fn faults_of<'a>(&'a self, test: Option<&'a str>) -> impl Iterator<Item = &'a Fault> {
+        self.faults
+            .iter()
+            .filter(move |f| f.test.as_deref() == test)
+    }
+
+    /// Tests that failed with no fault of their own.
+    pub fn real_failures(&self) -> impl Iterator<Item = &String> {
+        self.failed
+            .iter()
+            .filter(|t| self.faults_of(Some(t.as_str())).next().is_none())
+    }
+
+    fn add_fault(&mut self, kind: FaultKind, line: &str) {
+        self.faults.push(Fault {
+            kind,
+            test: self.running.clone(),
+            line: line.to_string(),
+        });
     }
 }
 
+#[cfg(test)]
+impl Attempt {
+    /// An attempt whose console showed `lines` and whose host ended so
+    /// (with the message `test host wedged`), for tests.
+    pub fn seen(lines: &[&str], end: HostEnd) -> Self {
+        let mut a = Attempt::default();
+        for l in lines {
+            a.observe(l);
+        }
+        a.finish(end, "test host wedged");
+        a
+    }
+}
+
+/// The test name after `prefix` on a marker line: one word, nothing else.
 fn marker(line: &str, prefix: &str) -> Option<String> {
     let rest = line.trim_end().strip_prefix(prefix)?;
     (!rest.is_empty() && !rest.contains(char::is_whitespace)).then(|| rest.to_string())
@@ -62,204 +170,208 @@ pub enum Next {
     Passed,
     /// Run the tests not yet passed once more in a fresh test host.
     Retry,
-    /// A test failed without an emulation fault, or no attempts are left.
+    /// A test failed without a fault of its own, the host failed with no
+    /// fault at all, or no attempts are left.
     Failed,
 }
 
-/// Decides what follows `attempt` (1-based), whose test host exited with
-/// `exit` (`None` when it died without reporting one).
-pub fn next(attempt_no: usize, attempt: &Attempt, exit: Option<i32>) -> Next {
-    // A zero exit means the script went through every test, so a fault that
-    // the tests survived (the shim booted the pod again) needs no rerun.
-    if exit == Some(0) && attempt.failed.is_empty() {
+/// Decides what follows `attempt` (1-based `attempt_no`), once finished.
+pub fn next(attempt_no: usize, attempt: &Attempt) -> Next {
+    if attempt.real_failures().next().is_some() {
+        return Next::Failed;
+    }
+    if attempt.end == Some(HostEnd::Exited(0)) && attempt.failed.is_empty() {
+        // The script went through every test, so a fault in a test that
+        // passed (or between tests) needs no rerun.
         return Next::Passed;
     }
-    if attempt.fault.is_some() && attempt_no < MAX_ATTEMPTS {
-        return Next::Retry;
+    // From here something did not pass: a test failed with a fault of its
+    // own, or the host ended before the script did, which always records a
+    // fault unless the script itself exited non-zero without a failed test.
+    if attempt.faults.is_empty() {
+        return Next::Failed;
     }
-    Next::Failed
-}
-
-/// The shell script the test host runs: every test of every binary under
-/// `tests_dir` as its own process, except those in `skip`, each followed by
-/// its marker line. `test_args` filter the listed tests; the run flags among
-/// them also go to each test run.
-pub fn script(
-    bin_dir: &str,
-    work_dir: &str,
-    tests_dir: &str,
-    test_args: &[String],
-    skip: &BTreeSet<String>,
-) -> String {
-    let list_args = shell_words(test_args.iter().map(String::as_str));
-    let run_flags = shell_words(
-        test_args
-            .iter()
-            .map(String::as_str)
-            .filter(|a| RUN_FLAGS.contains(a)),
-    );
-    // `''` never matches a `binary::test` name, so an empty skip list skips nothing.
-    let skip_pattern = if skip.is_empty() {
-        "''".to_string()
+    if attempt_no < MAX_ATTEMPTS {
+        Next::Retry
     } else {
-        skip.iter().map(|s| quote(s)).collect::<Vec<_>>().join("|")
-    };
-    format!(
-        "export PATH={bin_dir}:$PATH; mkdir -p {work_dir}; rc=0; \
-         for t in {tests_dir}/*; do b=$(basename \"$t\"); \
-           if ! list=$(\"$t\" --list --format terse {list_args}); then \
-             printf '\\n{FAILED_MARKER}%s\\n' \"$b::--list\"; rc=1; continue; fi; \
-           for name in $(echo \"$list\" | sed -n 's/: test$//p'); do \
-             case \"$b::$name\" in {skip_pattern}) continue;; esac; \
-             echo \"== $b::$name\"; \
-             if \"$t\" --exact \"$name\" --test-threads=1 {run_flags}; \
-             then printf '\\n{PASSED_MARKER}%s\\n' \"$b::$name\"; \
-             else printf '\\n{FAILED_MARKER}%s\\n' \"$b::$name\"; rc=1; fi; \
-           done; \
-         done; \
-         if [ $rc -ne 0 ]; then echo '== test host kernel log (last 40 lines)'; dmesg 2>/dev/null | tail -n 40; fi; \
-         exit $rc"
-    )
-}
-
-fn quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-fn shell_words<'a>(words: impl Iterator<Item = &'a str>) -> String {
-    words.map(quote).collect::<Vec<_>>().join(" ")
-}
-
-/// Whether a console line shows a fault of the nested emulation rather than
-/// of husk: the test host's kernel reporting a fault of its own (timestamped
-/// kernel messages; the guests' consoles carry no timestamps), or a guest
-/// that triple-faulted (husk-vmm logs it; the same boot succeeds the next
-/// time, where a real bug would fail every attempt).
-pub fn is_emulation_fault(line: &str) -> bool {
-    if line.contains("shutdown (triple fault)") {
-        return true;
+        Next::Failed
     }
-    // The kernel's message may follow a test's unfinished output on the same line.
-    line.match_indices('[')
-        .any(|(at, _)| is_kernel_fault_message(&line[at + 1..]))
-}
-
-/// Whether `rest` (what follows a `[`) is a timestamped kernel fault message.
-fn is_kernel_fault_message(rest: &str) -> bool {
-    let Some((stamp, message)) = rest.split_once(']') else {
-        return false;
-    };
-    let stamp = stamp.trim();
-    let is_stamp = !stamp.is_empty() && stamp.chars().all(|c| c.is_ascii_digit() || c == '.');
-    let message = message.trim_start();
-    is_stamp
-        && [
-            "BUG: ",
-            "watchdog: BUG: soft lockup",
-            "Kernel panic",
-            "general protection fault",
-            "Oops: ",
-        ]
-        .iter()
-        .any(|p| message.starts_with(p))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn kernel_faults_are_told_from_other_lines() {
-        assert!(is_emulation_fault(
-            "[   39.585231] BUG: TASK stack guard page was hit at 0000000018a741fb"
-        ));
-        assert!(is_emulation_fault(
-            "[  108.250224] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [runc:666]"
-        ));
-        assert!(is_emulation_fault(
-            "[   39.586092] Kernel panic - not syncing: Fatal exception in interrupt"
-        ));
-        assert!(is_emulation_fault(
-            "2026-11-21T11:15:09Z INFO husk_vmm::vstate::vcpu: vCPU 0: shutdown (triple fault)"
-        ));
-        assert!(is_emulation_fault(
-            "test shim_runs_a_terminal_container ... [  125.777099] BUG: TASK stack guard page"
-        ));
-        assert!(!is_emulation_fault("BUG: in a guest console line"));
-        assert!(!is_emulation_fault("[ok] [1.5] fine [2.0]"));
-        assert!(!is_emulation_fault(
-            "[   39.586092] RIP: 0010:irqentry_enter+0x12/0x50"
-        ));
-        assert!(!is_emulation_fault(
-            "test shim_runs_containers_in_vms ... ok"
-        ));
-        assert!(!is_emulation_fault("[ctr] BUG: not a kernel line"));
+    const OOPS: &str = "[  88.838128] BUG: kernel NULL pointer dereference, address: 0";
+    const TRIPLE: &str = "2026-11-21T11:15:09Z  WARN husk_vmm: vCPU 0: shutdown (triple fault)";
+
+    fn attempt(lines: &[&str], end: HostEnd) -> Attempt {
+        Attempt::seen(lines, end)
     }
 
     #[test]
     fn markers_record_each_test_once() {
-        let mut a = Attempt::default();
-        for line in [
-            "== shim_e2e::shim_runs_containers",
-            "xtask-passed shim_e2e::shim_runs_containers",
-            "xtask-failed cri_e2e::cri_pod",
-            "xtask-passed shim_e2e::shim_runs_containers",
-            "some output xtask-passed not::a_marker",
-            "xtask-passed ",
-        ] {
-            a.observe(line);
-        }
+        let a = attempt(
+            &[
+                "== shim_e2e::shim_runs_containers",
+                "xtask-passed shim_e2e::shim_runs_containers",
+                "== cri_e2e::cri_pod",
+                "xtask-failed cri_e2e::cri_pod",
+                "some output xtask-passed not::a_marker",
+                "xtask-passed ",
+            ],
+            HostEnd::Exited(1),
+        );
+        assert_eq!(
+            a.started,
+            ["shim_e2e::shim_runs_containers", "cri_e2e::cri_pod"]
+        );
         assert_eq!(
             a.passed.iter().collect::<Vec<_>>(),
             ["shim_e2e::shim_runs_containers"]
         );
         assert_eq!(a.failed.iter().collect::<Vec<_>>(), ["cri_e2e::cri_pod"]);
-        assert_eq!(a.fault, None);
+        assert!(a.faults.is_empty());
     }
 
     #[test]
-    fn only_emulation_faults_earn_another_attempt() {
-        let clean_pass = Attempt::default();
-        assert_eq!(next(1, &clean_pass, Some(0)), Next::Passed);
-
-        let mut real_failure = Attempt::default();
-        real_failure.observe("xtask-failed shim_e2e::bad_input");
-        assert_eq!(next(1, &real_failure, Some(1)), Next::Failed);
-
-        let mut faulted = Attempt::default();
-        faulted.observe("[  88.838128] Kernel panic - not syncing: corrupted stack end");
-        assert_eq!(next(1, &faulted, None), Next::Retry);
-        assert_eq!(next(MAX_ATTEMPTS - 1, &faulted, None), Next::Retry);
-        assert_eq!(next(MAX_ATTEMPTS, &faulted, None), Next::Failed);
-
-        let mut survived = Attempt::default();
-        survived.observe("vCPU 0: shutdown (triple fault)");
-        survived.observe("xtask-passed shim_e2e::runs");
-        assert_eq!(next(1, &survived, Some(0)), Next::Passed);
-        survived.observe("xtask-failed shim_e2e::oom");
-        assert_eq!(next(1, &survived, Some(1)), Next::Retry);
-
-        // A host that died without a fault line and without an exit status failed.
-        assert_eq!(next(1, &Attempt::default(), None), Next::Failed);
+    fn a_fault_is_attributed_to_the_running_test_and_earns_it_a_rerun() {
+        let a = attempt(
+            &[
+                "== vmm_e2e::boots",
+                "booting",
+                TRIPLE,
+                "xtask-failed vmm_e2e::boots",
+            ],
+            HostEnd::Exited(1),
+        );
+        assert_eq!(a.faults.len(), 1);
+        assert_eq!(a.faults[0].kind, FaultKind::TripleFault);
+        assert_eq!(a.faults[0].test.as_deref(), Some("vmm_e2e::boots"));
+        assert_eq!(a.faults[0].line, TRIPLE);
+        assert_eq!(next(1, &a), Next::Retry);
+        assert_eq!(next(MAX_ATTEMPTS - 1, &a), Next::Retry);
+        assert_eq!(next(MAX_ATTEMPTS, &a), Next::Failed);
     }
 
     #[test]
-    fn script_skips_passed_tests_and_passes_run_flags() {
-        let skip: BTreeSet<String> = ["shim_e2e::a'b".to_string()].into();
-        let s = script(
-            "/husk/bin",
-            "/tmp/w",
-            "/husk/tests",
-            &["cri".into(), "--nocapture".into()],
-            &skip,
+    fn a_failure_without_a_fault_of_its_own_fails_at_once() {
+        let a = attempt(
+            &["== shim_e2e::bad_input", "xtask-failed shim_e2e::bad_input"],
+            HostEnd::Exited(1),
         );
-        assert!(s.contains(r"in 'shim_e2e::a'\''b') continue;; esac"), "{s}");
-        assert!(
-            s.contains("--list --format terse 'cri' '--nocapture'"),
-            "{s}"
+        assert_eq!(next(1, &a), Next::Failed);
+        // Another test's fault earns this one nothing.
+        let b = attempt(
+            &[
+                "== vmm_e2e::boots",
+                OOPS,
+                "xtask-failed vmm_e2e::boots",
+                "== shim_e2e::oom",
+                "xtask-failed shim_e2e::oom",
+            ],
+            HostEnd::Exited(1),
         );
-        assert!(s.contains("--test-threads=1 '--nocapture';"), "{s}");
-        let none = script("/b", "/w", "/t", &[], &BTreeSet::new());
-        assert!(none.contains("in '') continue;; esac"), "{none}");
+        assert_eq!(b.real_failures().collect::<Vec<_>>(), ["shim_e2e::oom"]);
+        assert_eq!(next(1, &b), Next::Failed);
+    }
+
+    #[test]
+    fn a_passed_test_with_a_fault_in_its_output_is_kept_and_the_fault_counted() {
+        let a = attempt(
+            &["== shim_e2e::runs", TRIPLE, "xtask-passed shim_e2e::runs"],
+            HostEnd::Exited(0),
+        );
+        assert_eq!(a.faults.len(), 1);
+        assert_eq!(a.faults[0].test.as_deref(), Some("shim_e2e::runs"));
+        assert_eq!(next(1, &a), Next::Passed);
+    }
+
+    #[test]
+    fn a_wedge_is_attributed_to_the_test_that_was_running() {
+        let a = attempt(
+            &[
+                "== a::one",
+                "xtask-passed a::one",
+                "== a::two",
+                "still going",
+            ],
+            HostEnd::Wedged,
+        );
+        assert_eq!(a.cut(), Some("a::two"));
+        assert_eq!(a.faults.len(), 1);
+        assert_eq!(a.faults[0].kind, FaultKind::Wedge);
+        assert_eq!(a.faults[0].test.as_deref(), Some("a::two"));
+        assert_eq!(next(1, &a), Next::Retry);
+    }
+
+    #[test]
+    fn a_host_that_dies_is_a_fault_of_the_running_test_unless_one_explains_it() {
+        let died = attempt(&["== a::one"], HostEnd::Died);
+        assert_eq!(died.faults[0].kind, FaultKind::HostDied);
+        assert_eq!(died.faults[0].test.as_deref(), Some("a::one"));
+        assert_eq!(next(1, &died), Next::Retry);
+
+        let panicked = attempt(&["== a::one", OOPS], HostEnd::Died);
+        assert_eq!(panicked.faults.len(), 1);
+        assert_eq!(panicked.faults[0].kind, FaultKind::KernelOops);
+
+        // Stopped after the grace that an earlier fault started: nothing new.
+        let stopped = attempt(
+            &["== a::one", OOPS, "xtask-passed a::one", "== a::two"],
+            HostEnd::Stopped,
+        );
+        assert_eq!(stopped.faults.len(), 1);
+        assert_eq!(stopped.cut(), Some("a::two"));
+        assert_eq!(next(1, &stopped), Next::Retry);
+    }
+
+    #[test]
+    fn a_fault_outside_any_test_is_the_whole_attempts() {
+        // Before any test: the not-yet-run tests run again.
+        let before = attempt(&[OOPS], HostEnd::Died);
+        assert_eq!(before.faults.len(), 1);
+        assert_eq!(before.faults[0].test, None);
+        assert_eq!(next(1, &before), Next::Retry);
+
+        // Between tests, then the host wedges: the tests that passed stay passed.
+        let between = attempt(&["== a::one", "xtask-passed a::one", OOPS], HostEnd::Wedged);
+        assert!(between.faults.iter().all(|f| f.test.is_none()));
+        assert_eq!(between.cut(), None);
+        assert_eq!(next(1, &between), Next::Retry);
+
+        // Between tests, and the script still ran to its end: nothing to rerun.
+        let survived = attempt(
+            &[
+                "== a::one",
+                "xtask-passed a::one",
+                OOPS,
+                "== a::two",
+                "xtask-passed a::two",
+            ],
+            HostEnd::Exited(0),
+        );
+        assert_eq!(next(1, &survived), Next::Passed);
+    }
+
+    #[test]
+    fn the_replayed_kernel_log_is_not_counted_again() {
+        let a = attempt(
+            &[
+                "== a::one",
+                OOPS,
+                "xtask-failed a::one",
+                KERNEL_LOG_MARKER,
+                OOPS,
+            ],
+            HostEnd::Exited(1),
+        );
+        assert_eq!(a.faults.len(), 1);
+    }
+
+    #[test]
+    fn a_script_that_fails_with_no_failed_test_and_no_fault_fails() {
+        assert_eq!(next(1, &attempt(&[], HostEnd::Exited(2))), Next::Failed);
+        assert_eq!(next(1, &attempt(&[], HostEnd::Exited(0))), Next::Passed);
     }
 }

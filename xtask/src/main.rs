@@ -3,9 +3,11 @@
 
 mod artifacts;
 mod bench;
+mod deps;
 mod e2e;
 mod e2e_attempts;
 mod install;
+mod test_host;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,9 +33,11 @@ enum Cmd {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
-    /// Everything: the workspace's unit and integration tests, then the end-to-end tests.
+    /// Everything: the workspace's unit and integration tests, then the end-to-end tests
+    /// (installs the dependencies first where some are missing).
     Test,
-    /// Builds everything and boots a husk guest (inside the test host where needed).
+    /// Builds everything and runs a container in a husk VM through containerd (inside the
+    /// test host where needed; installs the dependencies first where some are missing).
     Demo,
     /// Runs the benchmarks and prints their table (JSON in target/husk/bench.json).
     Bench {
@@ -59,8 +63,10 @@ fn main() -> ExitCode {
             true
         }),
         Cmd::E2e { filter, test_args } => e2e::run(filter.as_deref(), &test_args),
-        Cmd::Test => e2e::unit_tests().and_then(|ok| Ok(e2e::run(None, &[])? && ok)),
-        Cmd::Demo => e2e::demo(),
+        Cmd::Test => deps::ensure()
+            .and_then(|()| e2e::unit_tests())
+            .and_then(|ok| Ok(e2e::run(None, &[])? && ok)),
+        Cmd::Demo => deps::ensure().and_then(|()| e2e::demo()),
         Cmd::Bench { runs } => bench::run(runs),
         Cmd::Install { prefix, share_dir } => install::run(&prefix, &share_dir),
     };
