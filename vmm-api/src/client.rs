@@ -160,10 +160,7 @@ mod tests {
 
     /// A server for one connection that answers each line with the next of `replies` and
     /// returns the lines it received.
-    fn serve(
-        dir: &Path,
-        replies: Vec<String>,
-    ) -> (PathBuf, std::thread::JoinHandle<Vec<String>>) {
+    fn serve(dir: &Path, replies: Vec<String>) -> (PathBuf, std::thread::JoinHandle<Vec<String>>) {
         let path = dir.join("api.sock");
         let listener = UnixListener::bind(&path).expect("bind");
         let server = std::thread::spawn(move || {
@@ -240,9 +237,7 @@ mod tests {
             ],
         );
         let mut c = ApiClient::connect(&path, TIMEOUT).expect("connect");
-        assert!(
-            matches!(c.pause(), Err(ApiError::Refused(m)) if m.contains("did not pause"))
-        );
+        assert!(matches!(c.pause(), Err(ApiError::Refused(m)) if m.contains("did not pause")));
         assert!(matches!(c.pause(), Err(ApiError::Version(2))));
         assert!(matches!(
             c.metrics(),
@@ -252,10 +247,7 @@ mod tests {
             })
         ));
         assert!(matches!(c.ping(), Err(ApiError::BadReply { .. })));
-        assert!(matches!(
-            c.ping(),
-            Err(ApiError::Read(FrameError::TooLong))
-        ));
+        assert!(matches!(c.ping(), Err(ApiError::Read(FrameError::TooLong))));
         server.join().expect("server");
         // The server is gone: the next call fails to read (or write), and a connect fails.
         assert!(c.ping().is_err());
@@ -271,9 +263,6 @@ mod tests {
         let path = dir.path().join("api.sock");
         let _listener = UnixListener::bind(&path).expect("bind");
         let mut c = ApiClient::connect(&path, Duration::from_millis(50)).expect("connect");
-        assert!(matches!(
-            c.ping(),
-            Err(ApiError::Read(FrameError::Io(_)))
-        ));
+        assert!(matches!(c.ping(), Err(ApiError::Read(FrameError::Io(_)))));
     }
 }

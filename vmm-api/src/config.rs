@@ -404,7 +404,9 @@ mod tests {
             "api_socket"
         );
         assert_eq!(
-            field(&with(&|c| c.serial = SerialOutput::File("/no/such/dir/x".into()))),
+            field(&with(
+                &|c| c.serial = SerialOutput::File("/no/such/dir/x".into())
+            )),
             "serial"
         );
     }

@@ -96,10 +96,7 @@ mod tests {
             VmmExit::describe(exited(3)),
             "husk-vmm exited with status 3 (guest triple fault)"
         );
-        assert_eq!(
-            VmmExit::from_status(exited(0)),
-            Some(VmmExit::Clean)
-        );
+        assert_eq!(VmmExit::from_status(exited(0)), Some(VmmExit::Clean));
         assert_eq!(
             VmmExit::describe(exited(42)),
             "husk-vmm exited with status 42"

@@ -129,8 +129,7 @@ struct Probe {
 /// Parses a request line (without its newline). The error is the message for the error
 /// reply: a bad line, a missing or unknown command, or an unsupported version.
 pub fn decode_request(line: &str) -> Result<Request, String> {
-    let probe: Probe =
-        serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
+    let probe: Probe = serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
     if probe.v != API_VERSION {
         return Err(format!(
             "unsupported version {} (this VMM speaks {API_VERSION})",
