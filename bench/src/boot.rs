@@ -217,6 +217,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn husk_boots_from_a_config_file_with_the_shims_cmdline() {
+        let dir = std::env::temp_dir().join(format!("husk-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (kernel, initrd) = (dir.join("vmlinux"), dir.join("initrd"));
+        std::fs::write(&kernel, b"").unwrap();
+        std::fs::write(&initrd, b"").unwrap();
+        let guest = Guest {
+            kernel,
+            initrd,
+            memory_mib: 256,
+        };
+        let file = dir.join("husk-vmm.json");
+        let cmd = husk_command(Path::new("/bin/husk-vmm"), &guest, &file).unwrap();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        assert_eq!(args, VmmArgs::new(&file).to_args());
+        let cfg = VmConfig::from_json_file(&file).unwrap();
+        assert_eq!(cfg.cmdline, GuestCmdline::new().quiet(true).build());
+        assert_eq!((cfg.vcpus, cfg.memory_mib), (1, 256));
+        assert!(trace_cmdline().ends_with(" printk.time=1 initcall_debug"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn trace_keeps_messages_and_slow_initcalls_only() {
         assert!(worth_showing("[    0.1] Run /init as init process"));
         assert!(!worth_showing("[    0.1] calling  fuse_init+0x0/0x1a0 @ 1"));

@@ -186,7 +186,8 @@ mod tests {
             "{}",
             other_version.trim_end(),
             unknown.trim_end(),
-            r#"{"cmd":5}"#,
+            r#"{"v":"one"}"#,
+            "[1,2]",
         ] {
             assert!(
                 matches!(h.handle_line(bad), Response::Error { ref error } if !error.is_empty()),
