@@ -8,19 +8,26 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use husk_vmm_api::{ConfigError, GuestCmdline, SerialOutput, VmConfig, VmmArgs};
+
 use crate::procfs::{self, ProcessMemory};
 
 /// The line husk-agent prints when it starts (guest init).
 pub const INIT_MARKER: &str = "husk-agent";
-/// Guest command line used for both VMMs: the shim's (`BASE_CMDLINE` of
-/// husk-shim's sandbox module, with `quiet`).
-pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp \
-                           i8042.dumbkbd i8042.nokbd rcupdate.rcu_expedited=1 quiet";
-/// Guest command line of a traced boot: kernel messages with timestamps and
-/// each init call's duration.
-pub const TRACE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux \
-                                 i8042.nopnp i8042.dumbkbd i8042.nokbd \
-                                 rcupdate.rcu_expedited=1 printk.time=1 initcall_debug";
+
+/// Guest command line used for both VMMs: the shim's (the base line with
+/// `quiet`); more parameters can be added for a variant.
+pub fn cmdline() -> GuestCmdline {
+    GuestCmdline::new().quiet(true)
+}
+
+/// Guest command line of a traced boot: the base line with kernel messages
+/// with timestamps and each init call's duration.
+pub fn trace_cmdline() -> String {
+    GuestCmdline::new()
+        .param("printk.time=1 initcall_debug")
+        .build()
+}
 
 /// Errors of one boot measurement.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +35,9 @@ pub enum Error {
     /// The VMM could not be started.
     #[error("cannot start {0}: {1}")]
     Spawn(String, std::io::Error),
+    /// husk-vmm's configuration could not be written.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The marker did not appear in time.
     #[error("{vmm}: no init marker within {timeout:?}; last output: {last}")]
     NoMarker {
@@ -60,26 +70,37 @@ pub struct BootSample {
     pub memory: ProcessMemory,
 }
 
-/// The husk-vmm command line for `guest`.
-pub fn husk_command(vmm: &Path, guest: &Guest) -> Command {
-    husk_command_with(vmm, guest, CMDLINE)
+/// husk-vmm's configuration for `guest` with kernel command line `cmdline`:
+/// one vCPU, the console on stdout, no devices.
+pub fn husk_config(guest: &Guest, cmdline: String) -> VmConfig {
+    VmConfig {
+        initrd: Some(guest.initrd.clone()),
+        cmdline,
+        vcpus: 1,
+        memory_mib: u64::from(guest.memory_mib),
+        serial: SerialOutput::Stdout,
+        ..VmConfig::new(&guest.kernel)
+    }
 }
 
-/// The husk-vmm command line for `guest` with kernel command line `cmdline`.
-pub fn husk_command_with(vmm: &Path, guest: &Guest, cmdline: &str) -> Command {
+/// The husk-vmm command for `guest` with the default command line; its
+/// configuration is written to `config_file`.
+pub fn husk_command(vmm: &Path, guest: &Guest, config_file: &Path) -> Result<Command, Error> {
+    husk_command_with(vmm, guest, &cmdline().build(), config_file)
+}
+
+/// The husk-vmm command for `guest` with kernel command line `cmdline`; its
+/// configuration is written to `config_file`.
+pub fn husk_command_with(
+    vmm: &Path,
+    guest: &Guest,
+    cmdline: &str,
+    config_file: &Path,
+) -> Result<Command, Error> {
+    husk_config(guest, cmdline.to_string()).write_json_file(config_file)?;
     let mut cmd = Command::new(vmm);
-    cmd.arg("--kernel")
-        .arg(&guest.kernel)
-        .arg("--initrd")
-        .arg(&guest.initrd)
-        .args([
-            "--vcpus",
-            "1",
-            "--memory-mib",
-            &guest.memory_mib.to_string(),
-        ])
-        .args(["--serial", "stdout", "--cmdline", cmdline]);
-    cmd
+    cmd.args(VmmArgs::new(config_file).to_args());
+    Ok(cmd)
 }
 
 /// The QEMU microvm command line for `guest` (KVM, no ACPI, no devices).
@@ -93,7 +114,8 @@ pub fn qemu_command(qemu: &Path, guest: &Guest) -> Command {
         .arg(&guest.kernel)
         .arg("-initrd")
         .arg(&guest.initrd)
-        .args(["-append", CMDLINE]);
+        .arg("-append")
+        .arg(cmdline().build());
     cmd
 }
 
@@ -193,6 +215,29 @@ fn boot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn husk_boots_from_a_config_file_with_the_shims_cmdline() {
+        let dir = std::env::temp_dir().join(format!("husk-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (kernel, initrd) = (dir.join("vmlinux"), dir.join("initrd"));
+        std::fs::write(&kernel, b"").unwrap();
+        std::fs::write(&initrd, b"").unwrap();
+        let guest = Guest {
+            kernel,
+            initrd,
+            memory_mib: 256,
+        };
+        let file = dir.join("husk-vmm.json");
+        let cmd = husk_command(Path::new("/bin/husk-vmm"), &guest, &file).unwrap();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        assert_eq!(args, VmmArgs::new(&file).to_args());
+        let cfg = VmConfig::from_json_file(&file).unwrap();
+        assert_eq!(cfg.cmdline, GuestCmdline::new().quiet(true).build());
+        assert_eq!((cfg.vcpus, cfg.memory_mib), (1, 256));
+        assert!(trace_cmdline().ends_with(" printk.time=1 initcall_debug"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn trace_keeps_messages_and_slow_initcalls_only() {

@@ -146,10 +146,19 @@ fn main() -> ExitCode {
     };
     let timeout = Duration::from_secs(60);
     let vmm = cli.bin_dir.join("husk-vmm");
+    // Each husk boot writes husk-vmm's configuration here (one boot at a time).
+    if let Err(e) = std::fs::create_dir_all(&cli.work_dir) {
+        eprintln!("husk-bench: cannot create {}: {e}", cli.work_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let vmm_config = cli.work_dir.join("husk-vmm.json");
     if cli.boot_trace {
-        let mut cmd = boot::husk_command_with(&vmm, &guest, boot::TRACE_CMDLINE);
-        cmd.env("HUSK_VMM_LOG", "husk_vmm::builder=debug,info");
-        match boot::trace("husk-vmm", cmd, timeout) {
+        let traced = boot::husk_command_with(&vmm, &guest, &boot::trace_cmdline(), &vmm_config)
+            .and_then(|mut cmd| {
+                cmd.env("HUSK_VMM_LOG", "husk_vmm::builder=debug,info");
+                boot::trace("husk-vmm", cmd, timeout)
+            });
+        match traced {
             Ok(lines) => {
                 for (at, line) in lines.iter().filter(|(_, l)| boot::worth_showing(l)) {
                     println!("boot-trace {:>8.1} ms | {line}", ms(*at));
@@ -167,11 +176,11 @@ fn main() -> ExitCode {
         alts.push((
             format!("initrd {name}"),
             initrd.clone(),
-            boot::CMDLINE.into(),
+            boot::cmdline().build(),
         ));
     }
     for (name, params) in &cli.alt_cmdlines {
-        let cmdline = format!("{} {params}", boot::CMDLINE);
+        let cmdline = boot::cmdline().param(params).build();
         alts.push((format!("cmdline {name}"), cli.initrd.clone(), cmdline));
     }
     let mut alt_boot = vec![Vec::new(); alts.len()];
@@ -187,11 +196,11 @@ fn main() -> ExitCode {
         };
         for husk in order {
             let (name, cmd) = if husk {
-                ("husk-vmm", boot::husk_command(&vmm, &guest))
+                ("husk-vmm", boot::husk_command(&vmm, &guest, &vmm_config))
             } else {
-                ("qemu-microvm", boot::qemu_command(&cli.qemu, &guest))
+                ("qemu-microvm", Ok(boot::qemu_command(&cli.qemu, &guest)))
             };
-            match boot::boot_once(name, cmd, timeout) {
+            match cmd.and_then(|cmd| boot::boot_once(name, cmd, timeout)) {
                 Ok(sample) if husk => {
                     husk_boot.push(ms(sample.to_marker));
                     husk_overhead.push(mib(sample.memory.overhead_kib()));
@@ -206,8 +215,9 @@ fn main() -> ExitCode {
                 initrd: initrd.clone(),
                 ..guest.clone()
             };
-            let cmd = boot::husk_command_with(&vmm, &alt, cmdline);
-            match boot::boot_once(name, cmd, timeout) {
+            let booted = boot::husk_command_with(&vmm, &alt, cmdline, &vmm_config)
+                .and_then(|cmd| boot::boot_once(name, cmd, timeout));
+            match booted {
                 Ok(sample) => {
                     alt_boot[i].push(ms(sample.to_marker));
                     alt_touched[i].push(mib(sample.memory.guest_rss_kib));

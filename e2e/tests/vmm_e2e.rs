@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 use husk_e2e::TestEnv;
 use husk_rootfs::initramfs::{Compression, Initramfs};
+use husk_vmm_api::protocol::raw_request_line;
+use husk_vmm_api::{
+    ApiClient, ApiError, FsConfig, GuestCmdline, SerialOutput, VmConfig, VmState, VmmArgs, VmmExit,
+    VsockConfig, API_VERSION,
+};
 
 /// Nested guests are slow (TCG outer host): generous timeouts, one VM at a time. A boot
 /// normally reaches /init in 5-10 s there.
@@ -74,39 +79,40 @@ impl Vm {
         let vsock = dir.join("v.sock");
         let api = dir.join("api.sock");
         // HUSK_E2E_VERBOSE=1 keeps the kernel's boot messages (with timestamps).
-        let quiet = if std::env::var_os("HUSK_E2E_VERBOSE").is_some() {
-            "printk.time=1"
-        } else {
-            "quiet"
+        let verbose = std::env::var_os("HUSK_E2E_VERBOSE").is_some();
+        let cmdline = GuestCmdline::new()
+            .quiet(!verbose)
+            .param(if verbose { "printk.time=1" } else { "" })
+            .param(&format!("probe={}", opts.probe))
+            .build();
+        let config = VmConfig {
+            initrd: Some(initrd),
+            cmdline,
+            vcpus: opts.vcpus,
+            memory_mib: opts.memory_mib,
+            serial: SerialOutput::File(console.clone()),
+            vsock: Some(VsockConfig {
+                socket: vsock.clone(),
+                guest_cid: 3,
+            }),
+            fs: opts
+                .fs
+                .map(|(sock, tag)| FsConfig::new(sock, tag))
+                .into_iter()
+                .collect(),
+            api_socket: Some(api.clone()),
+            ..VmConfig::new(&env.kernel)
         };
-        let cmdline = format!(
-            "console=ttyS0 reboot=k panic=-1 {quiet} i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd probe={}",
-            opts.probe
-        );
+        let config_file = dir.join("vmm.json");
+        config
+            .write_json_file(&config_file)
+            .expect("write vmm.json");
         let mut cmd = Command::new(env.bin_dir.join("husk-vmm"));
-        cmd.arg("--kernel")
-            .arg(&env.kernel)
-            .arg("--initrd")
-            .arg(&initrd)
-            .arg("--cmdline")
-            .arg(&cmdline)
-            .arg("--vcpus")
-            .arg(opts.vcpus.to_string())
-            .arg("--memory-mib")
-            .arg(opts.memory_mib.to_string())
-            .arg("--serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("--vsock-socket")
-            .arg(&vsock)
-            .arg("--api-socket")
-            .arg(&api)
+        cmd.args(VmmArgs::new(&config_file).to_args())
             // Its log (stderr, on the console) says how a guest ended, e.g. a triple fault,
             // which tells an emulation fault of the nested test host from a husk bug.
             .env("HUSK_VMM_LOG", "info")
             .stdin(Stdio::null());
-        if let Some((sock, tag)) = opts.fs {
-            cmd.arg("--fs-socket").arg(sock).arg("--fs-tag").arg(tag);
-        }
         let started = Instant::now();
         let child = cmd.spawn().expect("spawn husk-vmm");
         Vm {
@@ -162,13 +168,9 @@ impl Vm {
         None
     }
 
-    fn api(&self, cmd: &str) -> serde_json::Value {
-        let mut s = UnixStream::connect(&self.api).expect("connect API socket");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        writeln!(s, "{{\"v\":1,\"cmd\":\"{cmd}\"}}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad API reply {line:?}: {e}"))
+    /// A control API connection.
+    fn api(&self) -> ApiClient {
+        ApiClient::connect(&self.api, Duration::from_secs(30)).expect("connect API socket")
     }
 
     /// (total RSS, RSS of the guest-RAM memfd mapping) in KiB, from /proc/PID/smaps.
@@ -225,6 +227,17 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// husk-vmm ended cleanly: the guest reset through the i8042, or shutdown was requested.
+/// A triple fault (status 3) is not a clean end, even though the VM is gone.
+fn assert_clean(st: ExitStatus) {
+    assert_eq!(
+        VmmExit::from_status(st),
+        Some(VmmExit::Clean),
+        "{}",
+        VmmExit::describe(st)
+    );
+}
+
 fn field(line: &str, key: &str) -> u64 {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
@@ -261,7 +274,7 @@ fn vmm_boot_reports_vcpus_and_memory_and_reset_exits_zero() {
         .wait_exit(Duration::from_secs(10))
         .expect("husk-vmm did not exit after the guest reset");
     let took = reset_at.elapsed();
-    assert!(st.success(), "exit status {st}");
+    assert_clean(st);
     assert!(
         took < Duration::from_secs(1),
         "exit took {took:?} after reset"
@@ -282,10 +295,7 @@ fn vmm_boot_time_median_of_five_and_overhead() {
         let (line, seen) = vm.wait_line("PROBE start", BOOT_TIMEOUT);
         times.push(seen - vm.started);
         eprintln!("{line} (guest seconds at /init)");
-        assert!(vm
-            .wait_exit(Duration::from_secs(30))
-            .expect("exit")
-            .success());
+        assert_clean(vm.wait_exit(Duration::from_secs(30)).expect("exit"));
     }
     times.sort();
     eprintln!(
@@ -308,9 +318,12 @@ fn vmm_boot_time_median_of_five_and_overhead() {
         total - guest
     );
     assert!(guest > 0 && total > guest);
-    eprintln!("metrics after boot: {}", vm.api("metrics")["result"]);
-    assert!(vm.api("shutdown")["ok"].as_bool().unwrap());
-    assert!(vm.wait_exit(Duration::from_secs(10)).unwrap().success());
+    eprintln!(
+        "metrics after boot: {:?}",
+        vm.api().metrics().expect("metrics")
+    );
+    assert_eq!(vm.api().shutdown().expect("shutdown"), VmState::Exiting);
+    assert_clean(vm.wait_exit(Duration::from_secs(10)).expect("exit"));
 }
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -413,17 +426,11 @@ fn vmm_vsock_echo_both_directions_and_guest_connect() {
         String::from_utf8_lossy(&rest)
     );
 
-    let m = vm.api("metrics");
-    assert!(
-        m["result"]["vsock_rx_bytes"].as_u64().unwrap() >= 1 << 20,
-        "{m}"
-    );
-    assert!(
-        m["result"]["vsock_tx_bytes"].as_u64().unwrap() >= 1 << 20,
-        "{m}"
-    );
-    assert!(vm.api("shutdown")["ok"].as_bool().unwrap());
-    assert!(vm.wait_exit(Duration::from_secs(10)).unwrap().success());
+    let m = vm.api().metrics().expect("metrics");
+    assert!(m.vsock_rx_bytes >= 1 << 20, "{m:?}");
+    assert!(m.vsock_tx_bytes >= 1 << 20, "{m:?}");
+    assert_eq!(vm.api().shutdown().expect("shutdown"), VmState::Exiting);
+    assert_clean(vm.wait_exit(Duration::from_secs(10)).expect("exit"));
 }
 
 #[test]
@@ -461,7 +468,7 @@ fn vmm_virtio_fs_with_virtiofsd() {
     );
     let (line, _) = vm.wait_line("PROBE fs", BOOT_TIMEOUT);
     assert_eq!(line, format!("PROBE fs ok bytes={}", input.len()));
-    assert!(vm.wait_exit(Duration::from_secs(30)).unwrap().success());
+    assert_clean(vm.wait_exit(Duration::from_secs(30)).expect("exit"));
     let output = std::fs::read(share.join("output.bin")).unwrap();
     assert!(output == input, "file copied by the guest differs");
     assert_eq!(
@@ -498,13 +505,12 @@ fn vmm_control_api_pause_resume_shutdown() {
         },
     );
     vm.wait_line("PROBE tick 3", BOOT_TIMEOUT);
-    let ping = vm.api("ping");
-    assert_eq!(ping["v"], 1);
-    assert_eq!(ping["result"]["state"], "running", "{ping}");
+    let mut api = vm.api();
+    let ping = api.ping().expect("ping");
+    assert_eq!(ping.state, VmState::Running, "{ping:?}");
 
-    let p = vm.api("pause");
-    assert!(p["ok"].as_bool().unwrap(), "{p}");
-    assert_eq!(vm.api("ping")["result"]["state"], "paused");
+    assert_eq!(api.pause().expect("pause"), VmState::Paused);
+    assert_eq!(api.ping().expect("ping").state, VmState::Paused);
     let before = vm.console_text();
     std::thread::sleep(Duration::from_millis(1500));
     let during = vm.console_text();
@@ -514,25 +520,27 @@ fn vmm_control_api_pause_resume_shutdown() {
         "guest kept running while paused"
     );
 
-    let m = vm.api("metrics");
-    let r = &m["result"];
-    assert!(r["uptime_ms"].as_u64().unwrap() > 0, "{m}");
-    assert!(r["vcpu_exits"]["io"].as_u64().unwrap() > 0, "{m}");
-    assert!(r["serial_bytes"].as_u64().unwrap() > 0, "{m}");
+    let m = api.metrics().expect("metrics");
+    assert!(m.uptime_ms > 0, "{m:?}");
+    assert!(m.vcpu_exits.io > 0, "{m:?}");
+    assert!(m.serial_bytes > 0, "{m:?}");
 
-    assert!(vm.api("resume")["ok"].as_bool().unwrap());
+    assert_eq!(api.resume().expect("resume"), VmState::Running);
     let next = last_tick(&during).unwrap() + 3;
     vm.wait_line(&format!("PROBE tick {next}"), Duration::from_secs(60));
 
-    let bad = vm.api("reboot");
-    assert_eq!(bad["ok"], false);
+    let bad = api.call_line(&raw_request_line(API_VERSION, "reboot"));
+    assert!(
+        matches!(bad, Err(ApiError::Refused(ref m)) if m.contains("unknown command")),
+        "{bad:?}"
+    );
 
     let t = Instant::now();
-    assert!(vm.api("shutdown")["ok"].as_bool().unwrap());
+    assert_eq!(api.shutdown().expect("shutdown"), VmState::Exiting);
     let st = vm
         .wait_exit(Duration::from_secs(10))
         .expect("no exit after shutdown");
-    assert!(st.success(), "{st}");
+    assert_clean(st);
     eprintln!("shutdown took {:?}", t.elapsed());
     assert!(!vm.api.exists());
 }

@@ -9,6 +9,7 @@
 //! fs.sock                 virtiofsd's vhost-user socket
 //! vsock.sock              the VMM's hybrid vsock socket
 //! api.sock                the VMM's control socket
+//! vmm.json                husk-vmm's configuration (0600)
 //! console.log vmm.log virtiofsd.log
 //! vmm.pid virtiofsd.pid   for `shim delete` after a crash
 //! ```
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use husk_protocol::agent::CreateSandboxRequest;
 use husk_protocol::{AgentApi, AgentClient, AgentError};
+use husk_vmm_api::GuestCmdline;
 
 use crate::annotations::VmSize;
 use crate::child;
@@ -35,14 +37,6 @@ pub const SHARE_TAG: &str = "husk-share";
 pub const GUEST_CID: u32 = 3;
 /// Longest unix socket path (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
-/// Kernel parameters every guest gets (each measured with `cargo xtask bench`):
-/// - `rcupdate.rcu_expedited=1`: with one or two vCPUs expedited RCU grace periods are
-///   cheap, and the kernel's late init, the agent's mounts and every container's mount and
-///   namespace setup wait on grace periods (a quarter less boot time);
-/// - `i8042.nokbd` (with the other i8042 options): no keyboard port probing, which costs
-///   hundreds of port I/O exits (`reboot=k` resets through the controller without it).
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux \
-                                i8042.nopnp i8042.dumbkbd i8042.nokbd rcupdate.rcu_expedited=1";
 /// How long virtiofsd may take to create its socket.
 const VIRTIOFSD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a powered-off guest's VMM may take to exit.
@@ -164,17 +158,13 @@ impl SandboxPaths {
     }
 }
 
-/// The guest kernel command line.
+/// The guest kernel command line: husk-vmm-api's base line (which says why each parameter
+/// is there), `quiet` unless the console is for debugging, then the configured extras.
 pub fn cmdline(config: &Config) -> String {
-    let mut c = BASE_CMDLINE.to_string();
-    if !config.debug_console {
-        c.push_str(" quiet");
-    }
-    if !config.kernel_params.trim().is_empty() {
-        c.push(' ');
-        c.push_str(config.kernel_params.trim());
-    }
-    c
+    GuestCmdline::new()
+        .quiet(!config.debug_console)
+        .param(&config.kernel_params)
+        .build()
 }
 
 fn tail(path: &Path) -> String {
@@ -284,6 +274,7 @@ impl Sandbox {
             api_socket: paths.api.clone(),
             console: paths.console.clone(),
             log: paths.file("vmm.log"),
+            config: paths.file("vmm.json"),
         };
         let vm = launcher.launch(&spec)?;
         let _ = std::fs::write(paths.file("vmm.pid"), vm.pid().to_string());
@@ -429,7 +420,7 @@ mod tests {
     #[test]
     fn cmdline_has_reset_console_and_extra_params() {
         let mut c = Config::default();
-        assert!(cmdline(&c).contains("reboot=k"));
+        assert!(cmdline(&c).starts_with(husk_vmm_api::BASE_CMDLINE));
         assert!(cmdline(&c).ends_with(" quiet"));
         c.debug_console = true;
         c.kernel_params = " loglevel=7 ".into();
@@ -441,9 +432,9 @@ mod tests {
     struct NoVm;
     impl VmLauncher for NoVm {
         fn launch(&self, _: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
-            Err(VmmError::Api {
-                cmd: "launch",
-                message: "not in unit tests".into(),
+            Err(VmmError::Spawn {
+                binary: "husk-vmm".into(),
+                source: std::io::Error::other("not in unit tests"),
             })
         }
     }

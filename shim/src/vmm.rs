@@ -2,16 +2,20 @@
 //! ([`VmLauncher`]), and the implementation with `husk-vmm` ([`HuskVmm`]).
 
 use husk_lock::MutexExt;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::Value;
+use husk_vmm_api::{
+    ApiClient, ApiError, ConfigError, FsConfig, Metrics, Request, SerialOutput, VmConfig, VmmArgs,
+    VmmExit, VsockConfig,
+};
 
 use crate::child;
+
+/// How long one control API call may take.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the VMM seam.
 #[derive(Debug, thiserror::Error)]
@@ -25,17 +29,22 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// The VM configuration was rejected or could not be written.
+    #[error("husk-vmm configuration: {0}")]
+    Config(#[from] ConfigError),
     /// The control API failed.
-    #[error("VMM control API {cmd}: {message}")]
+    #[error("VMM control API {request:?}: {source}")]
     Api {
-        /// The command.
-        cmd: &'static str,
+        /// The request.
+        request: Request,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: ApiError,
     },
 }
 
-/// What a VM is started with.
+/// What the shim starts a pod's VM with; [`VmSpec::vm_config`] turns it into husk-vmm's
+/// [`VmConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
     /// Guest kernel.
@@ -62,36 +71,31 @@ pub struct VmSpec {
     pub console: PathBuf,
     /// The VMM's own stdout/stderr.
     pub log: PathBuf,
+    /// Where husk-vmm's configuration file is written.
+    pub config: PathBuf,
 }
 
 impl VmSpec {
-    /// husk-vmm's command-line arguments.
-    pub fn args(&self) -> Vec<String> {
-        let p = |p: &Path| p.display().to_string();
-        vec![
-            "--kernel".into(),
-            p(&self.kernel),
-            "--initrd".into(),
-            p(&self.initrd),
-            "--cmdline".into(),
-            self.cmdline.clone(),
-            "--vcpus".into(),
-            self.vcpus.to_string(),
-            "--memory-mib".into(),
-            self.memory_mib.to_string(),
-            "--serial".into(),
-            format!("file:{}", p(&self.console)),
-            "--vsock-socket".into(),
-            p(&self.vsock_socket),
-            "--vsock-cid".into(),
-            self.vsock_cid.to_string(),
-            "--fs-socket".into(),
-            p(&self.fs_socket),
-            "--fs-tag".into(),
-            self.fs_tag.clone(),
-            "--api-socket".into(),
-            p(&self.api_socket),
-        ]
+    /// husk-vmm's configuration for this VM.
+    pub fn vm_config(&self) -> Result<VmConfig, ConfigError> {
+        let vcpus = u8::try_from(self.vcpus).map_err(|_| ConfigError::Invalid {
+            field: "vcpus",
+            reason: format!("{} does not fit husk-vmm's limit", self.vcpus),
+        })?;
+        Ok(VmConfig {
+            initrd: Some(self.initrd.clone()),
+            cmdline: self.cmdline.clone(),
+            vcpus,
+            memory_mib: self.memory_mib,
+            serial: SerialOutput::File(self.console.clone()),
+            vsock: Some(VsockConfig {
+                socket: self.vsock_socket.clone(),
+                guest_cid: self.vsock_cid,
+            }),
+            fs: vec![FsConfig::new(&self.fs_socket, &self.fs_tag)],
+            api_socket: Some(self.api_socket.clone()),
+            ..VmConfig::new(&self.kernel)
+        })
     }
 }
 
@@ -105,8 +109,8 @@ pub trait Vm: Send + Sync {
     fn exit_status(&self) -> Option<String>;
     /// Waits up to `timeout` for the VMM to exit; true if it did.
     fn wait_exit(&self, timeout: Duration) -> bool;
-    /// VMM metrics (JSON).
-    fn metrics(&self) -> Result<Value, VmmError>;
+    /// VMM metrics.
+    fn metrics(&self) -> Result<Metrics, VmmError>;
     /// Asks the VMM to exit, then kills it if it has not within `grace`; reaps it.
     fn stop(&self, grace: Duration);
 }
@@ -130,10 +134,15 @@ impl VmLauncher for HuskVmmLauncher {
             binary: self.binary.clone(),
             source,
         };
+        // Checked here too, so that a bad value is reported as such rather than as husk-vmm
+        // exiting with status 2.
+        let config = spec.vm_config()?;
+        config.validate()?;
+        config.write_json_file(&spec.config)?;
         let log = std::fs::File::create(&spec.log).map_err(spawn_err)?;
         let log2 = log.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(&self.binary);
-        cmd.args(spec.args())
+        cmd.args(VmmArgs::new(&spec.config).to_args())
             // At info husk-vmm says why the VM ended (guest reset, triple fault, ...): the
             // first thing to know when a VM dies during boot.
             .env(
@@ -157,33 +166,15 @@ pub struct HuskVmm {
     api_socket: PathBuf,
 }
 
-/// Sends one control request line and reads the answer.
-pub fn api_call(socket: &Path, cmd: &'static str) -> Result<Value, VmmError> {
-    let err = |message: String| VmmError::Api { cmd, message };
-    let mut s = UnixStream::connect(socket).map_err(|e| err(format!("connect: {e}")))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| err(e.to_string()))?;
-    s.write_all(format!("{{\"v\":1,\"cmd\":\"{cmd}\"}}\n").as_bytes())
-        .map_err(|e| err(format!("write: {e}")))?;
-    let mut line = String::new();
-    BufReader::new(&s)
-        .read_line(&mut line)
-        .map_err(|e| err(format!("read: {e}")))?;
-    parse_api_response(&line).map_err(err)
-}
-
-/// Parses `{"v":1,"ok":..,"result":..,"error":..}`.
-pub fn parse_api_response(line: &str) -> Result<Value, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("bad reply {line:?}: {e}"))?;
-    if v.get("ok").and_then(Value::as_bool) == Some(true) {
-        Ok(v.get("result").cloned().unwrap_or(Value::Null))
-    } else {
-        Err(v
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("failed without a message")
-            .to_string())
-    }
+/// Connects to the control socket and makes one call with `f`.
+fn api_call<T>(
+    socket: &std::path::Path,
+    request: Request,
+    f: impl FnOnce(&mut ApiClient) -> Result<T, ApiError>,
+) -> Result<T, VmmError> {
+    ApiClient::connect(socket, API_TIMEOUT)
+        .and_then(|mut c| f(&mut c))
+        .map_err(|source| VmmError::Api { request, source })
 }
 
 impl HuskVmm {
@@ -203,7 +194,7 @@ impl Vm for HuskVmm {
 
     fn exit_status(&self) -> Option<String> {
         match self.lock().try_wait() {
-            Ok(Some(status)) => Some(status.to_string()),
+            Ok(Some(status)) => Some(VmmExit::describe(status)),
             Ok(None) => None,
             Err(e) => Some(format!("unknown ({e})")),
         }
@@ -222,13 +213,13 @@ impl Vm for HuskVmm {
         }
     }
 
-    fn metrics(&self) -> Result<Value, VmmError> {
-        api_call(&self.api_socket, "metrics")
+    fn metrics(&self) -> Result<Metrics, VmmError> {
+        api_call(&self.api_socket, Request::Metrics, ApiClient::metrics)
     }
 
     fn stop(&self, grace: Duration) {
         if !self.exited() {
-            let _ = api_call(&self.api_socket, "shutdown");
+            let _ = api_call(&self.api_socket, Request::Shutdown, ApiClient::shutdown);
         }
         if !self.wait_exit(grace) {
             child::stop(&mut self.lock(), Duration::from_millis(500));
@@ -240,58 +231,114 @@ impl Vm for HuskVmm {
 mod tests {
     use super::*;
 
-    #[test]
-    fn args_name_every_device() {
-        let spec = VmSpec {
-            kernel: "/k".into(),
-            initrd: "/i".into(),
+    fn spec(dir: &std::path::Path) -> VmSpec {
+        VmSpec {
+            kernel: dir.join("vmlinux"),
+            initrd: dir.join("initrd"),
             cmdline: "console=ttyS0".into(),
             vcpus: 2,
             memory_mib: 256,
-            vsock_socket: "/s/v.sock".into(),
+            vsock_socket: dir.join("v.sock"),
             vsock_cid: 3,
-            fs_socket: "/s/fs.sock".into(),
+            fs_socket: dir.join("fs.sock"),
             fs_tag: "husk".into(),
-            api_socket: "/s/api.sock".into(),
-            console: "/s/console.log".into(),
-            log: "/s/vmm.log".into(),
-        };
-        let args = spec.args();
-        let after = |flag: &str| {
-            let i = args.iter().position(|a| a == flag).expect(flag);
-            args[i + 1].clone()
-        };
-        assert_eq!(after("--vcpus"), "2");
-        assert_eq!(after("--memory-mib"), "256");
-        assert_eq!(after("--serial"), "file:/s/console.log");
-        assert_eq!(after("--fs-tag"), "husk");
-        assert_eq!(after("--vsock-cid"), "3");
+            api_socket: dir.join("api.sock"),
+            console: dir.join("console.log"),
+            log: dir.join("vmm.log"),
+            config: dir.join("vmm.json"),
+        }
     }
 
     #[test]
-    fn api_responses() {
-        let ok = parse_api_response(r#"{"v":1,"ok":true,"result":{"state":"paused"}}"#);
-        assert_eq!(ok.expect("ok")["state"], "paused");
-        let err = parse_api_response(r#"{"v":1,"ok":false,"error":"unknown cmd"}"#);
-        assert_eq!(err.expect_err("err"), "unknown cmd");
-        assert!(parse_api_response("garbage").is_err());
-    }
-
-    #[test]
-    fn api_call_over_a_socket() {
+    fn config_names_every_device() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("api.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
-        let server = std::thread::spawn(move || {
-            let (s, _) = listener.accept().expect("accept");
-            let mut line = String::new();
-            BufReader::new(&s).read_line(&mut line).expect("read");
-            assert_eq!(line, "{\"v\":1,\"cmd\":\"metrics\"}\n");
-            (&s).write_all(b"{\"v\":1,\"ok\":true,\"result\":{\"uptime_ms\":5}}\n")
-                .expect("write");
-        });
-        let v = api_call(&path, "metrics").expect("call");
-        assert_eq!(v["uptime_ms"], 5);
-        server.join().expect("server");
+        let s = spec(dir.path());
+        std::fs::write(&s.kernel, b"").expect("kernel");
+        std::fs::write(&s.initrd, b"").expect("initrd");
+        let c = s.vm_config().expect("config");
+        c.validate().expect("valid");
+        assert_eq!((c.vcpus, c.memory_mib), (2, 256));
+        assert_eq!(c.serial, SerialOutput::File(s.console.clone()));
+        assert_eq!(c.vsock.as_ref().map(|v| v.guest_cid), Some(3));
+        assert_eq!(c.fs[0].tag, "husk");
+        assert_eq!(c.fs[0].socket, s.fs_socket);
+        assert_eq!(c.api_socket.as_ref(), Some(&s.api_socket));
+        assert_eq!(c.initrd.as_ref(), Some(&s.initrd));
+    }
+
+    #[test]
+    fn too_many_vcpus_are_refused() {
+        let mut s = spec(std::path::Path::new("/p"));
+        s.vcpus = 300;
+        assert!(matches!(
+            s.vm_config(),
+            Err(ConfigError::Invalid { field: "vcpus", .. })
+        ));
+    }
+
+    #[test]
+    fn launch_writes_a_private_config_and_reports_the_exit() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = spec(dir.path());
+        std::fs::write(&s.kernel, b"").expect("kernel");
+        std::fs::write(&s.initrd, b"").expect("initrd");
+        // `true` stands in for husk-vmm: it ignores its arguments and exits with 0.
+        let vm = HuskVmmLauncher {
+            binary: "true".into(),
+        }
+        .launch(&s)
+        .expect("launch");
+        assert!(vm.wait_exit(Duration::from_secs(10)));
+        assert_eq!(
+            vm.exit_status().as_deref(),
+            Some("husk-vmm exited with status 0 (guest reset or shutdown requested)")
+        );
+        let mode = std::fs::metadata(&s.config)
+            .expect("config")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            VmConfig::from_json_file(&s.config).expect("parse"),
+            s.vm_config().expect("config")
+        );
+    }
+
+    #[test]
+    fn exit_status_says_what_the_code_means() {
+        let vm = HuskVmm {
+            child: Mutex::new(
+                Command::new("sh")
+                    .args(["-c", "exit 3"])
+                    .spawn()
+                    .expect("spawn"),
+            ),
+            api_socket: PathBuf::from("/nonexistent/api.sock"),
+        };
+        assert!(vm.wait_exit(Duration::from_secs(10)));
+        assert_eq!(
+            vm.exit_status().as_deref(),
+            Some("husk-vmm exited with status 3 (guest triple fault)")
+        );
+    }
+
+    #[test]
+    fn api_errors_name_the_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vm = HuskVmm {
+            child: Mutex::new(Command::new("true").spawn().expect("spawn")),
+            api_socket: dir.path().join("none.sock"),
+        };
+        let err = vm.metrics().expect_err("no socket");
+        assert!(matches!(
+            err,
+            VmmError::Api {
+                request: Request::Metrics,
+                source: ApiError::Connect { .. }
+            }
+        ));
+        vm.stop(Duration::from_secs(5));
+        assert!(vm.exited());
     }
 }

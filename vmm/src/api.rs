@@ -1,92 +1,21 @@
-//! Control API: JSON lines on a unix stream socket.
-//!
-//! # Protocol, version 1
-//!
-//! Each request is one line holding a JSON object, answered by one line:
-//!
-//! ```text
-//! -> {"v":1,"cmd":"ping"}
-//! <- {"v":1,"ok":true,"result":{"state":"running","version":"0.1.0"}}
-//! -> {"v":1,"cmd":"pause"}
-//! <- {"v":1,"ok":true,"result":{"state":"paused"}}
-//! -> {"v":1,"cmd":"resume"}
-//! <- {"v":1,"ok":true,"result":{"state":"running"}}
-//! -> {"v":1,"cmd":"metrics"}
-//! <- {"v":1,"ok":true,"result":{"uptime_ms":812,"vcpu_exits":{"io":..,"mmio":..,"hlt":..,"intr":..,"other":..},
-//!     "serial_bytes":..,"vsock_rx_bytes":..,"vsock_tx_bytes":..,"vsock_connections":..,"guest_errors":..}}
-//! -> {"v":1,"cmd":"shutdown"}
-//! <- {"v":1,"ok":true,"result":{"state":"exiting"}}        (then the VMM exits with status 0)
-//! ```
-//!
-//! Errors: `{"v":1,"ok":false,"error":"..."}` for unparsable lines, an unknown `cmd`, or a
-//! version other than 1 (`v` may be omitted and then means 1). A connection may carry any
-//! number of requests; lines longer than 4 KiB close it.
+//! Control API server: serves [`husk_vmm_api::protocol`] (typed, versioned JSON lines) on a
+//! unix stream socket. Parsing, framing and the reply types live in `husk-vmm-api`, shared
+//! with the shim's client; this module only carries out each [`Request`].
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use husk_vmm_api::framing::{self, FrameError};
+use husk_vmm_api::protocol::{self, Pong, Request, Response, VmState};
 
 use crate::exit::{ExitReason, ExitSignal};
 use crate::metrics::Metrics;
 use crate::vstate::control::{RunState, VcpuControl};
 
-/// Protocol version spoken by this VMM.
-pub const API_VERSION: u32 = 1;
-const MAX_LINE: u64 = 4096;
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A request line.
-#[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
-pub struct Request {
-    /// Protocol version (default 1).
-    #[serde(default = "default_version")]
-    pub v: u32,
-    /// Command name.
-    pub cmd: String,
-}
-
-fn default_version() -> u32 {
-    API_VERSION
-}
-
-/// A response line.
-#[derive(Debug, Deserialize, Serialize, PartialEq)]
-pub struct Response {
-    /// Protocol version.
-    pub v: u32,
-    /// Whether the command succeeded.
-    pub ok: bool,
-    /// Command result.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub result: Option<Value>,
-    /// Error message.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub error: Option<String>,
-}
-
-impl Response {
-    fn ok(result: Value) -> Self {
-        Self {
-            v: API_VERSION,
-            ok: true,
-            result: Some(result),
-            error: None,
-        }
-    }
-    fn err(msg: impl Into<String>) -> Self {
-        Self {
-            v: API_VERSION,
-            ok: false,
-            result: None,
-            error: Some(msg.into()),
-        }
-    }
-}
 
 /// Executes control commands against the running VM.
 #[derive(Clone)]
@@ -96,11 +25,11 @@ pub struct ApiHandler {
     exit: ExitSignal,
 }
 
-fn state_name(s: RunState) -> &'static str {
+fn vm_state(s: RunState) -> VmState {
     match s {
-        RunState::Running => "running",
-        RunState::Paused => "paused",
-        RunState::Exiting => "exiting",
+        RunState::Running => VmState::Running,
+        RunState::Paused => VmState::Paused,
+        RunState::Exiting => VmState::Exiting,
     }
 }
 
@@ -114,73 +43,70 @@ impl ApiHandler {
         }
     }
 
-    /// Handles one request line.
-    pub fn handle_line(&self, line: &str) -> Response {
-        let req: Request = match serde_json::from_str(line) {
-            Ok(r) => r,
-            Err(e) => return Response::err(format!("bad request: {e}")),
-        };
-        if req.v != API_VERSION {
-            return Response::err(format!(
-                "unsupported version {} (this VMM speaks {API_VERSION})",
-                req.v
-            ));
-        }
-        match req.cmd.as_str() {
-            "ping" => Response::ok(json!({
-                "state": state_name(self.control.state()),
-                "version": env!("CARGO_PKG_VERSION"),
-            })),
-            "pause" => {
+    /// Carries out one request.
+    pub fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Ping => Response::Pong(Pong {
+                state: vm_state(self.control.state()),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+            Request::Pause => {
                 if self.control.pause(PAUSE_TIMEOUT) {
-                    Response::ok(json!({"state": "paused"}))
+                    Response::State {
+                        state: VmState::Paused,
+                    }
                 } else {
-                    Response::err("vCPUs did not pause in time")
+                    Response::error("vCPUs did not pause in time")
                 }
             }
-            "resume" => {
+            Request::Resume => {
                 self.control.resume();
-                Response::ok(json!({"state": state_name(self.control.state())}))
+                Response::State {
+                    state: vm_state(self.control.state()),
+                }
             }
-            "shutdown" => {
+            Request::Shutdown => {
                 self.exit.request(ExitReason::Shutdown);
-                Response::ok(json!({"state": "exiting"}))
+                Response::State {
+                    state: VmState::Exiting,
+                }
             }
-            "metrics" => match serde_json::to_value(self.metrics.snapshot()) {
-                Ok(v) => Response::ok(v),
-                Err(e) => Response::err(e.to_string()),
-            },
-            other => Response::err(format!("unknown command {other:?}")),
+            Request::Metrics => Response::Metrics(self.metrics.snapshot()),
+        }
+    }
+
+    /// Handles one request line (without its newline): garbage, unknown commands and other
+    /// versions get an error reply.
+    pub fn handle_line(&self, line: &str) -> Response {
+        match protocol::decode_request(line) {
+            Ok(request) => self.handle(request),
+            Err(msg) => Response::error(msg),
         }
     }
 
     fn serve_connection(&self, stream: UnixStream) {
-        let Ok(write_half) = stream.try_clone() else {
+        let Ok(mut out) = stream.try_clone() else {
             return;
         };
-        let mut out = write_half;
         let mut reader = BufReader::new(stream);
         loop {
-            let mut line = String::new();
-            match (&mut reader).take(MAX_LINE).read_line(&mut line) {
-                Ok(0) => return,
-                Ok(_) if !line.ends_with('\n') => {
-                    let _ = writeln!(out, "{}", to_line(&Response::err("line too long")));
+            let resp = match framing::read_line(&mut reader) {
+                Ok(line) => self.handle_line(&line),
+                Err(FrameError::TooLong) => {
+                    let too_long = Response::error(FrameError::TooLong.to_string());
+                    let _ = out.write_all(protocol::encode_response(too_long).as_bytes());
                     return;
                 }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-            let resp = self.handle_line(line.trim_end());
-            if writeln!(out, "{}", to_line(&resp)).is_err() {
+                Err(FrameError::Closed | FrameError::Io(_)) => return,
+            };
+            if out
+                .write_all(protocol::encode_response(resp).as_bytes())
+                .is_err()
+            {
                 return;
             }
         }
     }
-}
-
-fn to_line(r: &Response) -> String {
-    serde_json::to_string(r).unwrap_or_else(|_| r#"{"v":1,"ok":false,"error":"internal"}"#.into())
 }
 
 /// The listening control socket; removes its file when dropped.
@@ -218,6 +144,7 @@ impl Drop for ApiServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use husk_vmm_api::{ApiClient, ApiError, API_VERSION};
 
     fn handler() -> ApiHandler {
         ApiHandler::new(
@@ -227,44 +154,45 @@ mod tests {
         )
     }
 
+    fn state(r: Response) -> VmState {
+        match r {
+            Response::State { state } | Response::Pong(Pong { state, .. }) => state,
+            other => panic!("no state in {other:?}"),
+        }
+    }
+
     #[test]
     fn commands() {
         let h = handler();
-        let r = h.handle_line(r#"{"v":1,"cmd":"ping"}"#);
-        assert!(r.ok);
-        assert_eq!(r.result.unwrap()["state"], "running");
+        assert_eq!(state(h.handle(Request::Ping)), VmState::Running);
         // No vCPU threads: pause completes immediately.
-        let r = h.handle_line(r#"{"cmd":"pause"}"#);
-        assert!(r.ok, "{r:?}");
-        assert_eq!(
-            h.handle_line(r#"{"cmd":"ping"}"#).result.unwrap()["state"],
-            "paused"
-        );
-        assert_eq!(
-            h.handle_line(r#"{"cmd":"resume"}"#).result.unwrap()["state"],
-            "running"
-        );
-        let m = h.handle_line(r#"{"cmd":"metrics"}"#).result.unwrap();
-        assert!(m["vcpu_exits"]["io"].is_u64());
-        assert!(m["uptime_ms"].is_u64());
-        assert!(h.handle_line(r#"{"cmd":"shutdown"}"#).ok);
+        assert_eq!(state(h.handle(Request::Pause)), VmState::Paused);
+        assert_eq!(state(h.handle(Request::Ping)), VmState::Paused);
+        assert_eq!(state(h.handle(Request::Resume)), VmState::Running);
+        assert!(matches!(h.handle(Request::Metrics), Response::Metrics(_)));
+        assert_eq!(h.exit.reason(), ExitReason::None);
+        assert_eq!(state(h.handle(Request::Shutdown)), VmState::Exiting);
         assert_eq!(h.exit.reason(), ExitReason::Shutdown);
     }
 
     #[test]
     fn bad_requests() {
         let h = handler();
+        let unknown = protocol::raw_request_line(API_VERSION, "reboot");
+        let other_version = protocol::raw_request_line(API_VERSION + 1, "ping");
         for bad in [
             "",
             "nonsense",
             "{}",
-            r#"{"v":2,"cmd":"ping"}"#,
-            r#"{"cmd":"reboot"}"#,
-            r#"{"cmd":5}"#,
+            other_version.trim_end(),
+            unknown.trim_end(),
+            r#"{"v":"one"}"#,
+            "[1,2]",
         ] {
-            let r = h.handle_line(bad);
-            assert!(!r.ok, "{bad}");
-            assert!(r.error.is_some());
+            assert!(
+                matches!(h.handle_line(bad), Response::Error { ref error } if !error.is_empty()),
+                "{bad}"
+            );
         }
         assert_eq!(h.exit.reason(), ExitReason::None);
     }
@@ -275,20 +203,17 @@ mod tests {
         let p = dir.path().join("api.sock");
         let h = handler();
         let server = ApiServer::start(&p, h.clone()).unwrap();
-        let mut s = UnixStream::connect(&p).unwrap();
-        s.write_all(b"{\"cmd\":\"ping\"}\n{\"cmd\":\"metrics\"}\n")
-            .unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        for _ in 0..2 {
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap();
-            let resp: Response = serde_json::from_str(&line).unwrap();
-            assert!(resp.ok);
-        }
-        s.write_all(&vec![b'x'; 5000]).unwrap();
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.contains("too long"));
+        let mut c = ApiClient::connect(&p, Duration::from_secs(10)).unwrap();
+        assert_eq!(c.ping().unwrap().state, VmState::Running);
+        assert_eq!(c.metrics().unwrap().vcpu_exits.io, 0);
+        let unknown = protocol::raw_request_line(API_VERSION, "reboot");
+        assert!(
+            matches!(c.call_line(&unknown), Err(ApiError::Refused(m)) if m.contains("unknown command"))
+        );
+        // An overlong line is answered with an error, then the connection closes.
+        let long = "x".repeat(5000) + "\n";
+        assert!(matches!(c.call_line(&long), Err(ApiError::Refused(m)) if m.contains("too long")));
+        assert!(c.ping().is_err());
         drop(server);
         assert!(!p.exists());
     }

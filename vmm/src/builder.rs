@@ -13,7 +13,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{ApiHandler, ApiServer};
 use crate::arch::{boot, layout, mptable, regs};
-use crate::config::{SerialOutput, VmConfig};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{SerialDevice, I8042};
 use crate::devices::virtio::fs::FsDevice;
@@ -29,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::vstate::control::{install_kick_handler, VcpuControl};
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::Vm;
+use husk_vmm_api::{SerialOutput, VmConfig};
 
 /// Errors while building or running the VM.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,14 @@
 //! How the VM ends: the first reported reason wins and wakes the main loop.
+//!
+//! First-reason-wins matters for resets: with `reboot=k` the guest resets through the
+//! i8042, and Linux may still triple-fault afterwards while it retries other reset methods
+//! before husk-vmm has stopped the vCPUs. That VM ended cleanly, because the i8042 reset was
+//! recorded first; a triple fault with nothing before it is a crashed guest.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use husk_vmm_api::VmmExit;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Why the VMM stops.
@@ -11,21 +17,30 @@ use vmm_sys_util::eventfd::EventFd;
 pub enum ExitReason {
     /// Not stopping.
     None = 0,
-    /// The guest reset itself (i8042 reset, triple fault, `reboot=k`): a clean exit.
+    /// The guest asked for a reset (the i8042 reset line with `reboot=k`, or a KVM reset or
+    /// shutdown system event): a clean exit.
     GuestReset = 1,
     /// The control API asked for shutdown.
     Shutdown = 2,
     /// A vCPU failed.
     VcpuError = 3,
+    /// A vCPU triple-faulted (KVM's shutdown exit): the guest crashed.
+    TripleFault = 4,
 }
 
 impl ExitReason {
+    /// How husk-vmm's process ends for this reason.
+    pub fn vmm_exit(self) -> VmmExit {
+        match self {
+            ExitReason::None | ExitReason::GuestReset | ExitReason::Shutdown => VmmExit::Clean,
+            ExitReason::VcpuError => VmmExit::Error,
+            ExitReason::TripleFault => VmmExit::TripleFault,
+        }
+    }
+
     /// Process exit status for this reason.
     pub fn exit_code(self) -> i32 {
-        match self {
-            ExitReason::None | ExitReason::GuestReset | ExitReason::Shutdown => 0,
-            ExitReason::VcpuError => 1,
-        }
+        self.vmm_exit().code()
     }
 
     fn from_u8(v: u8) -> Self {
@@ -33,6 +48,7 @@ impl ExitReason {
             1 => Self::GuestReset,
             2 => Self::Shutdown,
             3 => Self::VcpuError,
+            4 => Self::TripleFault,
             _ => Self::None,
         }
     }
@@ -96,5 +112,40 @@ mod tests {
         assert_eq!(s.reason().exit_code(), 0);
         assert_eq!(s.eventfd().read().unwrap(), 2);
         assert_eq!(ExitReason::VcpuError.exit_code(), 1);
+    }
+
+    #[test]
+    fn triple_fault_after_an_i8042_reset_is_a_clean_reset() {
+        let s = ExitSignal::new().unwrap();
+        // `reboot=k`: the i8042 reset line, then Linux retrying and triple-faulting.
+        vm_superio::Trigger::trigger(&s).unwrap();
+        s.request(ExitReason::TripleFault);
+        assert_eq!(s.reason(), ExitReason::GuestReset);
+        assert_eq!(s.reason().vmm_exit(), VmmExit::Clean);
+    }
+
+    #[test]
+    fn triple_fault_first_is_its_own_exit_status() {
+        let s = ExitSignal::new().unwrap();
+        s.request(ExitReason::TripleFault);
+        vm_superio::Trigger::trigger(&s).unwrap();
+        s.request(ExitReason::Shutdown);
+        assert_eq!(s.reason(), ExitReason::TripleFault);
+        assert_eq!(s.reason().vmm_exit(), VmmExit::TripleFault);
+        assert_eq!(s.reason().exit_code(), 3);
+    }
+
+    #[test]
+    fn every_reason_maps_to_a_vmm_exit() {
+        for (r, e) in [
+            (ExitReason::None, VmmExit::Clean),
+            (ExitReason::GuestReset, VmmExit::Clean),
+            (ExitReason::Shutdown, VmmExit::Clean),
+            (ExitReason::VcpuError, VmmExit::Error),
+            (ExitReason::TripleFault, VmmExit::TripleFault),
+        ] {
+            assert_eq!(r.vmm_exit(), e, "{r:?}");
+            assert_eq!(ExitReason::from_u8(r as u8), r);
+        }
     }
 }

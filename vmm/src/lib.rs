@@ -1,7 +1,8 @@
 //! husk-vmm: a KVM micro-VM monitor that boots one husk pod.
 //!
 //! The crate is split by concern, after Firecracker and rust-vmm's vmm-reference:
-//! [`config`] (typed, validated configuration), [`arch`] (x86_64 layout and boot state),
+//! [`husk_vmm_api`] (the typed, validated configuration, command line and control API
+//! types it shares with the shim), [`arch`] (x86_64 layout and boot state),
 //! [`memory`] (memfd-backed guest RAM), [`vstate`] (KVM VM and vCPUs), [`devices`] (legacy and
 //! virtio devices), [`event_loop`], [`api`] (control socket) and [`builder`], which ties them
 //! together.
@@ -11,7 +12,6 @@
 pub mod api;
 pub mod arch;
 pub mod builder;
-pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;

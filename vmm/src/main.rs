@@ -1,10 +1,10 @@
-//! `husk-vmm`: boots one micro-VM and exits when the guest resets (status 0), when the
-//! control API asks it to (status 0), or on a fatal error (status 1; invalid configuration:
-//! status 2).
+//! `husk-vmm --config FILE`: boots one micro-VM and exits with a [`VmmExit`] status: 0 when
+//! the guest resets or the control API asks it to, 1 on a fatal error, 2 for an invalid
+//! configuration, 3 when the guest triple-faults.
 
 use clap::Parser;
 use husk_vmm::builder::run_vm;
-use husk_vmm::config::{Cli, VmConfig};
+use husk_vmm_api::{VmConfig, VmmArgs, VmmExit};
 
 fn main() {
     tracing_subscriber::fmt()
@@ -14,23 +14,33 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cfg = match VmConfig::try_from(Cli::parse()) {
+    let args = match VmmArgs::try_parse() {
+        Ok(a) => a,
+        // --help and --version print and end with status 0; usage errors get BadConfig.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(VmmExit::BadConfig.code());
+        }
+    };
+    let cfg = match VmConfig::from_json_file(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("husk-vmm: {e}");
-            std::process::exit(2);
+            std::process::exit(VmmExit::BadConfig.code());
         }
     };
     let result = run_vm(&cfg);
     remove_own_sockets(&cfg);
     match result {
         Ok(reason) => {
-            tracing::info!("VM ended: {reason:?}");
-            std::process::exit(reason.exit_code());
+            let exit = reason.vmm_exit();
+            tracing::info!("VM ended: {reason:?}; exit status {} ({exit})", exit.code());
+            std::process::exit(exit.code());
         }
         Err(e) => {
             eprintln!("husk-vmm: {e}");
-            std::process::exit(1);
+            std::process::exit(VmmExit::Error.code());
         }
     }
 }

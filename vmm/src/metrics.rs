@@ -1,9 +1,7 @@
-//! Counters exported by the control API's `metrics` command.
+//! Counters exported by the control API's `metrics` command (as [`husk_vmm_api::Metrics`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-
-use serde::Serialize;
 
 /// Process-wide counters; all fields are updated with relaxed atomics.
 #[derive(Debug)]
@@ -50,47 +48,13 @@ impl Default for Metrics {
     }
 }
 
-/// A point-in-time copy of [`Metrics`], serialized by the control API.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq, Clone)]
-pub struct MetricsSnapshot {
-    /// Milliseconds since the VMM started.
-    pub uptime_ms: u64,
-    /// vCPU exits by reason.
-    pub vcpu_exits: VcpuExits,
-    /// Device byte counters.
-    pub serial_bytes: u64,
-    /// vsock bytes host -> guest.
-    pub vsock_rx_bytes: u64,
-    /// vsock bytes guest -> host.
-    pub vsock_tx_bytes: u64,
-    /// vsock connections opened.
-    pub vsock_connections: u64,
-    /// Rejected malformed guest requests.
-    pub guest_errors: u64,
-}
-
-/// vCPU exit counters.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq, Clone)]
-pub struct VcpuExits {
-    /// Port I/O exits.
-    pub io: u64,
-    /// MMIO exits.
-    pub mmio: u64,
-    /// HLT exits.
-    pub hlt: u64,
-    /// Signal-induced exits.
-    pub intr: u64,
-    /// Everything else.
-    pub other: u64,
-}
-
 impl Metrics {
-    /// Copies the counters.
-    pub fn snapshot(&self) -> MetricsSnapshot {
+    /// Copies the counters into the control API's `metrics` reply.
+    pub fn snapshot(&self) -> husk_vmm_api::Metrics {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        MetricsSnapshot {
-            uptime_ms: self.started.elapsed().as_millis() as u64,
-            vcpu_exits: VcpuExits {
+        husk_vmm_api::Metrics {
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            vcpu_exits: husk_vmm_api::VcpuExits {
                 io: l(&self.exits_io),
                 mmio: l(&self.exits_mmio),
                 hlt: l(&self.exits_hlt),

@@ -194,7 +194,7 @@ mod tests {
     fn zero_page_and_cmdline_in_memory() {
         let mem = anonymous_memory(64 << 20);
         assert!(check_memory(&mem));
-        let len = load_command_line(&mem, "console=ttyS0 reboot=k").unwrap();
+        let len = load_command_line(&mem, husk_vmm_api::BASE_CMDLINE).unwrap();
         let p = build_boot_params(64 << 20, len, None);
         write_boot_params(&mem, &p).unwrap();
         let back: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
@@ -203,7 +203,7 @@ mod tests {
         let mut buf = vec![0u8; len + 1];
         mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
             .unwrap();
-        assert_eq!(&buf[..len], b"console=ttyS0 reboot=k");
+        assert_eq!(&buf[..len], husk_vmm_api::BASE_CMDLINE.as_bytes());
         assert_eq!(buf[len], 0);
         assert!(load_command_line(&mem, &"x".repeat(CMDLINE_MAX_SIZE + 1)).is_err());
     }

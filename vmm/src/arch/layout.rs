@@ -62,3 +62,10 @@ pub const MAX_VCPUS: u8 = 32;
 const _: () = assert!(MPTABLE_START + MPTABLE_MAX_SIZE <= HIMEM_START);
 const _: () = assert!(MMIO_DEVICES_START + 64 * MMIO_DEVICE_SIZE <= IOAPIC_ADDR);
 const _: () = assert!(MMIO_GAP_START < MMIO_DEVICES_START);
+
+// The limits a configuration is validated against (before any KVM call) are the ones this
+// layout can hold.
+const _: () = assert!(husk_vmm_api::limits::MAX_VCPUS == MAX_VCPUS);
+const _: () = assert!(husk_vmm_api::limits::CMDLINE_MAX_SIZE == CMDLINE_MAX_SIZE);
+const _: () =
+    assert!(husk_vmm_api::limits::MAX_VIRTIO_DEVICES == (IRQ_MAX - IRQ_BASE + 1) as usize);

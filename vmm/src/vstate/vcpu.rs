@@ -114,9 +114,11 @@ impl Vcpu {
                     None
                 }
                 Ok(VcpuExit::Shutdown) => {
-                    // Triple fault: also how `reboot=k` ends if the i8042 reset lost the race.
-                    tracing::info!("vCPU {}: shutdown (triple fault)", self.id);
-                    Some(ExitReason::GuestReset)
+                    // A triple fault. After an i8042 reset (`reboot=k`) Linux may still
+                    // triple-fault while retrying; the reset was recorded first and stays
+                    // the VM's exit reason (see `crate::exit`).
+                    tracing::warn!("vCPU {}: shutdown (triple fault)", self.id);
+                    Some(ExitReason::TripleFault)
                 }
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                     KVM_SYSTEM_EVENT_RESET | KVM_SYSTEM_EVENT_SHUTDOWN => {

@@ -11,11 +11,11 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::FS_TAG_MAX;
 use crate::devices::virtio::{
     device_type, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
+use husk_vmm_api::limits::FS_TAG_MAX;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: the backend speaks vhost-user protocol extensions.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;

@@ -1,0 +1,68 @@
+//! husk-vmm's command line, defined once: husk-vmm parses it with [`VmmArgs`] and everyone
+//! who starts husk-vmm (the shim, the end-to-end tests, the benchmarks) builds it with
+//! [`VmmArgs::to_args`]. Everything about the VM itself is in the JSON file named by
+//! `--config` ([`crate::VmConfig`]), so the list stays short and typed.
+//!
+//! Flags about how husk-vmm runs rather than what it runs belong here. The next one planned
+//! is `--no-seccomp` (a `bool` field; [`VmmArgs::to_args`] emits the flag only when set), for
+//! debugging a seccomp filter that kills husk-vmm; it is not implemented yet.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Arguments of `husk-vmm`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Parser)]
+#[command(
+    name = "husk-vmm",
+    version,
+    about = "KVM micro-VM monitor for one husk pod"
+)]
+pub struct VmmArgs {
+    /// JSON file holding the VM configuration (a `VmConfig`).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+impl VmmArgs {
+    /// Arguments for the VM configured in `config`.
+    pub fn new(config: impl Into<PathBuf>) -> Self {
+        Self {
+            config: config.into(),
+        }
+    }
+
+    /// The argument list (without the program name) that [`clap::Parser::parse`] turns
+    /// back into `self`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        vec!["--config".into(), self.config.clone().into_os_string()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<VmmArgs, clap::Error> {
+        VmmArgs::try_parse_from(std::iter::once(OsString::from("husk-vmm")).chain(args))
+    }
+
+    #[test]
+    fn to_args_parses_back() {
+        let a = VmmArgs::new("/run/husk/default/pod 1/vmm.json");
+        assert_eq!(parse(a.to_args()).unwrap(), a);
+    }
+
+    #[test]
+    fn per_field_flags_and_missing_config_are_refused() {
+        assert!(parse([]).is_err());
+        assert!(parse(["--kernel".into(), "/k".into()]).is_err());
+        assert!(parse([
+            "--config".into(),
+            "/c".into(),
+            "--vsock-socket".into(),
+            "/v".into()
+        ])
+        .is_err());
+    }
+}
