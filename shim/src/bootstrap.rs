@@ -26,6 +26,7 @@ use crate::annotations::PodRole;
 use crate::child;
 use crate::config::Config;
 use crate::events::RemoteEvents;
+use crate::pod::HostPodLauncher;
 use crate::sandbox::{self, SandboxPaths};
 use crate::service::{TaskHandler, TaskService};
 use crate::spec;
@@ -227,10 +228,11 @@ pub fn serve(flags: &Flags) -> Result<(), BootError> {
         RemoteEvents::start(publisher, flags.namespace.clone()).map_err(io("events thread"))?;
     let vmm = child::find_helper(&config.vmm, "husk-vmm").unwrap_or_else(|| "husk-vmm".into());
     let exit = Arc::new(ExitSignal::default());
+    let launcher = HostPodLauncher::new(config.clone(), Box::new(HuskVmmLauncher { binary: vmm }));
     let svc = TaskService::new(
         config,
         flags.namespace.clone(),
-        Box::new(HuskVmmLauncher { binary: vmm }),
+        Box::new(launcher),
         Box::new(events),
         Arc::clone(&exit),
     );

@@ -6,6 +6,7 @@
 //! - [`convert`], [`state`], [`spec`]: pure request/response conversions, the process state
 //!   machine and the guest's OCI spec;
 //! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`sandbox`]: the pod VM;
+//! - [`pod`]: the seam between the Task service and the pod VM's host side;
 //! - [`stdio`], [`events`], [`oom`], [`process`], [`service`]: the Task service;
 //! - [`bootstrap`]: the binary's `start`, `delete` and serve actions.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod mounts;
 pub mod oom;
+pub mod pod;
 pub mod process;
 pub mod sandbox;
 pub mod service;
@@ -26,3 +28,6 @@ pub mod state;
 pub mod stdio;
 pub mod virtiofsd;
 pub mod vmm;
+
+#[cfg(test)]
+mod testing;

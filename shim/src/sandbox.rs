@@ -217,18 +217,6 @@ fn must_exist(path: &Path, what: &'static str, key: &'static str) -> Result<(), 
     }
 }
 
-/// How many more times a pod VM whose guest dies before its agent answers is booted
-/// (in the nested test host about one boot in twenty triple-faults early).
-pub const BOOT_RETRIES: u32 = 2;
-
-/// Whether a failed start is worth one more boot: only a guest that died on its own
-/// (reset, triple fault) during boot, which a fresh boot of the same image survives;
-/// never bad input, missing files or an agent that answered wrongly. The failed start has
-/// already removed everything it made, the pod directory included.
-pub fn boot_again(err: &SandboxError, retries_done: u32) -> bool {
-    matches!(err, SandboxError::VmExited { .. }) && retries_done < BOOT_RETRIES
-}
-
 impl Sandbox {
     /// Starts virtiofsd and the VM, waits for the agent and creates the sandbox in the
     /// guest. On error everything started is stopped and the directory removed.
@@ -437,23 +425,6 @@ mod tests {
                 source: std::io::Error::other("not in unit tests"),
             })
         }
-    }
-
-    #[test]
-    fn only_a_guest_that_died_during_boot_is_booted_again() {
-        let died = SandboxError::VmExited {
-            status: "exit status: 0".into(),
-            console: String::new(),
-            vmm_log: "vCPU 0: shutdown (triple fault)".into(),
-        };
-        assert!(boot_again(&died, 0));
-        assert!(!boot_again(&died, BOOT_RETRIES));
-        let timeout = SandboxError::BootTimeout {
-            timeout: Duration::from_secs(1),
-            console: String::new(),
-        };
-        assert!(!boot_again(&timeout, 0));
-        assert!(!boot_again(&SandboxError::HelperMissing("virtiofsd"), 0));
     }
 
     #[test]

@@ -18,6 +18,17 @@ pub struct StateError {
     pub state: &'static str,
 }
 
+/// Why a signal is not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KillRefused {
+    /// The process has exited (containerd takes this as "not found": nothing to kill).
+    #[error("the process already finished")]
+    Finished,
+    /// The exec was added but not started: no guest process yet.
+    #[error("the exec is not started")]
+    NotStarted,
+}
+
 /// State of one process (a container's init or an exec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcState {
@@ -89,10 +100,16 @@ impl ProcState {
         }
     }
 
-    /// Signals go to created, running and paused processes.
-    pub fn check_kill(&self) -> Result<(), StateError> {
+    /// Whether a signal may be sent to this process (`exec`: an exec rather than a
+    /// container's init; `all`: to every process of the container).
+    ///
+    /// A container's init exists in the guest from create on, so it takes signals while
+    /// created. An exec has no guest process until it is started. A finished process has
+    /// none any more, but `all` still reaches whatever else of the container is left.
+    pub fn check_kill(&self, exec: bool, all: bool) -> Result<(), KillRefused> {
         match self {
-            ProcState::Stopped { .. } => Err(self.refuse("signal")),
+            ProcState::Stopped { .. } if !all => Err(KillRefused::Finished),
+            ProcState::Created if exec => Err(KillRefused::NotStarted),
             _ => Ok(()),
         }
     }
@@ -137,9 +154,23 @@ mod tests {
         assert!(ProcState::Running.check_delete().is_err());
         assert!(ProcState::Paused.check_delete().is_err());
         let stopped = ProcState::Created.exit(0, SystemTime::now());
-        assert!(stopped.check_kill().is_err());
         assert!(stopped.start().is_err());
-        assert!(ProcState::Created.check_kill().is_ok());
         assert!(ProcState::Created.check_delete().is_ok());
+    }
+
+    #[test]
+    fn signals_reach_only_processes_that_exist_in_the_guest() {
+        let stopped = ProcState::Running.exit(0, SystemTime::now());
+        for exec in [false, true] {
+            assert_eq!(stopped.check_kill(exec, false), Err(KillRefused::Finished));
+            assert_eq!(stopped.check_kill(exec, true), Ok(()), "all: the rest");
+            assert_eq!(ProcState::Running.check_kill(exec, false), Ok(()));
+            assert_eq!(ProcState::Paused.check_kill(exec, false), Ok(()));
+        }
+        assert_eq!(ProcState::Created.check_kill(false, false), Ok(()), "init");
+        assert_eq!(
+            ProcState::Created.check_kill(true, false),
+            Err(KillRefused::NotStarted)
+        );
     }
 }

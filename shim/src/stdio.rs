@@ -223,103 +223,7 @@ fn copy_in(t: &Target, fifo: &PathBuf, close: &AtomicBool, stop: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use husk_protocol::agent::{ContainerStatsResponse, CreateSandboxRequest, HealthResponse};
-    use husk_protocol::{ErrorKind, WaitStatus};
-    use std::collections::VecDeque;
-    use std::sync::Mutex;
-
-    /// An agent whose stdout yields `chunks`, whose stderr is empty, and which records stdin.
-    #[derive(Default)]
-    struct FakeAgent {
-        chunks: Mutex<VecDeque<Vec<u8>>>,
-        stdin: Mutex<Vec<u8>>,
-        stdin_closed: AtomicBool,
-    }
-
-    fn unused() -> AgentError {
-        AgentError::Status {
-            kind: ErrorKind::Unavailable,
-            message: "not in this fake".into(),
-        }
-    }
-
-    impl AgentApi for FakeAgent {
-        fn health(&self) -> Result<HealthResponse, AgentError> {
-            Err(unused())
-        }
-        fn create_sandbox(&self, _: &CreateSandboxRequest) -> Result<(), AgentError> {
-            Err(unused())
-        }
-        fn destroy_sandbox(&self) -> Result<(), AgentError> {
-            Err(unused())
-        }
-        fn create_container(&self, _: &str, _: &[u8]) -> Result<u32, AgentError> {
-            Err(unused())
-        }
-        fn start_container(&self, _: &str) -> Result<(), AgentError> {
-            Err(unused())
-        }
-        fn remove_container(&self, _: &str) -> Result<(), AgentError> {
-            Err(unused())
-        }
-        fn exec_process(&self, _: &str, _: &str, _: &[u8]) -> Result<u32, AgentError> {
-            Err(unused())
-        }
-        fn signal_process(&self, _: &str, _: &str, _: u32, _: bool) -> Result<(), AgentError> {
-            Err(unused())
-        }
-        fn wait_process(
-            &self,
-            _: &str,
-            _: &str,
-            _: Option<Duration>,
-        ) -> Result<WaitStatus, AgentError> {
-            Err(unused())
-        }
-        fn remove_process(&self, _: &str, _: &str) -> Result<(), AgentError> {
-            Err(unused())
-        }
-        fn get_oom_event(&self, _: Duration) -> Result<Option<String>, AgentError> {
-            Err(unused())
-        }
-        fn write_stdin(&self, _: &str, _: &str, data: &[u8]) -> Result<usize, AgentError> {
-            // Takes at most 3 bytes per call, like a nearly full pipe.
-            let n = data.len().min(3);
-            self.stdin
-                .lock()
-                .expect("lock")
-                .extend_from_slice(&data[..n]);
-            Ok(n)
-        }
-        fn close_stdin(&self, _: &str, _: &str) -> Result<(), AgentError> {
-            self.stdin_closed.store(true, Ordering::SeqCst);
-            Ok(())
-        }
-        fn read_stdout(&self, _: &str, _: &str, _: u32) -> Result<Option<Vec<u8>>, AgentError> {
-            Ok(self.chunks.lock().expect("lock").pop_front())
-        }
-        fn read_stderr(&self, _: &str, _: &str, _: u32) -> Result<Option<Vec<u8>>, AgentError> {
-            Ok(None)
-        }
-        fn resize_terminal(&self, _: &str, _: &str, _: u32, _: u32) -> Result<(), AgentError> {
-            Err(unused())
-        }
-        fn container_stats(&self, _: &str) -> Result<ContainerStatsResponse, AgentError> {
-            Err(unused())
-        }
-        fn pause_container(&self, _: &str) -> Result<(), AgentError> {
-            Err(unused())
-        }
-        fn resume_container(&self, _: &str) -> Result<(), AgentError> {
-            Err(unused())
-        }
-        fn update_container(&self, _: &str, _: &[u8]) -> Result<(), AgentError> {
-            Err(unused())
-        }
-        fn list_processes(&self, _: &str) -> Result<Vec<u32>, AgentError> {
-            Err(unused())
-        }
-    }
+    use crate::testing::{wait_until, FakeAgent};
 
     fn mkfifo(path: &Path) {
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
@@ -331,10 +235,10 @@ mod tests {
         let out = dir.path().join("out");
         mkfifo(&out);
         let chunks: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 1000]).collect();
-        let agent = Arc::new(FakeAgent {
-            chunks: Mutex::new(chunks.iter().cloned().collect()),
-            ..Default::default()
-        });
+        let agent = FakeAgent::new();
+        for c in &chunks {
+            agent.push_stdout(c.clone());
+        }
         let reader = {
             let out = out.clone();
             std::thread::spawn(move || std::fs::read(out).expect("read fifo"))
@@ -345,10 +249,7 @@ mod tests {
         };
         let mut relay = IoRelay::start(agent.clone(), "c1", "", &paths);
         assert!(relay.wait_output(Duration::from_secs(10)));
-        assert!(
-            agent.stdin_closed.load(Ordering::SeqCst),
-            "no stdin FIFO: closed"
-        );
+        assert!(agent.stdin_closed(), "no stdin FIFO: closed");
         drop(relay);
         let got = reader.join().expect("reader");
         assert_eq!(got, chunks.concat());
@@ -359,7 +260,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let fifo = dir.path().join("in");
         mkfifo(&fifo);
-        let agent = Arc::new(FakeAgent::default());
+        let agent = FakeAgent::new();
         let paths = StdioPaths {
             stdin: Some(fifo.clone()),
             ..Default::default()
@@ -372,12 +273,8 @@ mod tests {
             .expect("open fifo")
             .write_all(&data)
             .expect("write");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !agent.stdin_closed.load(Ordering::SeqCst) {
-            assert!(Instant::now() < deadline, "stdin never closed");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(*agent.stdin.lock().expect("lock") == data);
+        wait_until("stdin closed", || agent.stdin_closed());
+        assert!(agent.stdin() == data);
         assert!(relay.wait_output(Duration::from_secs(5)));
     }
 
@@ -386,7 +283,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let fifo = dir.path().join("in");
         mkfifo(&fifo);
-        let agent = Arc::new(FakeAgent::default());
+        let agent = FakeAgent::new();
         let paths = StdioPaths {
             stdin: Some(fifo.clone()),
             ..Default::default()
@@ -395,11 +292,7 @@ mod tests {
         let mut w = OpenOptions::new().write(true).open(&fifo).expect("open");
         w.write_all(b"abc").expect("write");
         relay.close_stdin();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !agent.stdin_closed.load(Ordering::SeqCst) {
-            assert!(Instant::now() < deadline, "CloseIO ignored");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(*agent.stdin.lock().expect("lock"), b"abc");
+        wait_until("CloseIO to close stdin", || agent.stdin_closed());
+        assert_eq!(agent.stdin(), b"abc");
     }
 }

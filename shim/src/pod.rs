@@ -1,0 +1,105 @@
+//! The seam between the Task service and the host side of a pod: putting a container's
+//! files into the pod share, and booting the pod VM. The service only sees these traits, so
+//! its unit tests plug in a fake that mounts nothing and boots nothing; the product plugs
+//! in [`HostPodLauncher`] (host mounts, virtiofsd, husk-vmm, the agent connection).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use husk_protocol::AgentApi;
+
+use crate::annotations::VmSize;
+use crate::config::Config;
+use crate::convert::RootfsMount;
+use crate::mounts::{self, MountError};
+use crate::sandbox::{Sandbox, SandboxError, SandboxPaths};
+use crate::spec::HostBind;
+use crate::vmm::VmLauncher;
+
+/// What one container brings into the pod share.
+#[derive(Debug, Clone, Copy)]
+pub struct ContainerFiles<'a> {
+    /// containerd's snapshot mounts (empty: `root` is ready to be bound).
+    pub rootfs: &'a [RootfsMount],
+    /// The spec's root directory on the host.
+    pub root: &'a Path,
+    /// Host paths bound in for the guest.
+    pub binds: &'a [HostBind],
+}
+
+/// Starts pod VMs and prepares what they share; one per shim.
+pub trait PodLauncher: Send + Sync {
+    /// Makes a container's files visible under `dir` (`shared/<container-id>` of the pod):
+    /// its rootfs at `dir/rootfs`, each host bind at `dir/mounts/<name>`. Undone with
+    /// [`mounts::remove_tree`], which only unmounts what lies below the directory.
+    fn share_container(&self, dir: &Path, files: ContainerFiles<'_>) -> Result<(), MountError>;
+
+    /// Boots the pod VM whose files live at `paths` and waits until its agent answered.
+    /// On error nothing it started is left running, and the pod directory is removed.
+    fn start(&self, paths: SandboxPaths, size: VmSize) -> Result<Arc<dyn PodVm>, SandboxError>;
+}
+
+/// A running pod VM, as the Task service uses it.
+pub trait PodVm: Send + Sync {
+    /// The client of the guest agent.
+    fn agent(&self) -> Arc<dyn AgentApi>;
+    /// The pod's files.
+    fn paths(&self) -> &SandboxPaths;
+    /// The end of the pod's logs, for error reports.
+    fn diagnostics(&self) -> String;
+    /// Whether the VM has already exited (the guest is gone).
+    fn exited(&self) -> bool;
+    /// Powers the VM off, stops its helpers and removes the pod directory.
+    fn destroy(&self);
+}
+
+/// The real launcher: host mounts, then [`Sandbox::start`] (virtiofsd, husk-vmm through
+/// `vmm`, the agent connection).
+pub struct HostPodLauncher {
+    config: Config,
+    vmm: Box<dyn VmLauncher>,
+}
+
+impl HostPodLauncher {
+    /// A launcher booting VMs with `vmm` as `config` says.
+    pub fn new(config: Config, vmm: Box<dyn VmLauncher>) -> Self {
+        HostPodLauncher { config, vmm }
+    }
+}
+
+impl PodLauncher for HostPodLauncher {
+    fn share_container(&self, dir: &Path, files: ContainerFiles<'_>) -> Result<(), MountError> {
+        mounts::mount_rootfs(files.rootfs, files.root, &dir.join("rootfs"))?;
+        for b in files.binds {
+            mounts::bind(&b.source, &dir.join("mounts").join(&b.name))?;
+        }
+        Ok(())
+    }
+
+    fn start(&self, paths: SandboxPaths, size: VmSize) -> Result<Arc<dyn PodVm>, SandboxError> {
+        let sb = Sandbox::start(&self.config, self.vmm.as_ref(), paths, size)?;
+        Ok(Arc::new(sb))
+    }
+}
+
+impl PodVm for Sandbox {
+    fn agent(&self) -> Arc<dyn AgentApi> {
+        Arc::clone(Sandbox::agent(self))
+    }
+
+    fn paths(&self) -> &SandboxPaths {
+        Sandbox::paths(self)
+    }
+
+    fn diagnostics(&self) -> String {
+        Sandbox::diagnostics(self)
+    }
+
+    fn exited(&self) -> bool {
+        self.vm().exited()
+    }
+
+    fn destroy(&self) {
+        Sandbox::destroy(self);
+    }
+}

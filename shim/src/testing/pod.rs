@@ -1,0 +1,134 @@
+//! [`FakePodLauncher`] and [`FakePodVm`]: a pod seam that boots nothing and mounts nothing.
+
+use husk_lock::MutexExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use husk_protocol::AgentApi;
+
+use crate::annotations::VmSize;
+use crate::mounts::MountError;
+use crate::pod::{ContainerFiles, PodLauncher, PodVm};
+use crate::sandbox::{SandboxError, SandboxPaths};
+
+use super::FakeAgent;
+
+/// A pod VM that runs nothing: it hands out the launcher's fake agent and records its
+/// destruction.
+pub struct FakePodVm {
+    paths: SandboxPaths,
+    agent: Arc<FakeAgent>,
+    destroyed: AtomicU32,
+}
+
+impl FakePodVm {
+    /// How many times it was destroyed.
+    pub fn destroyed(&self) -> u32 {
+        self.destroyed.load(Ordering::SeqCst)
+    }
+}
+
+impl PodVm for FakePodVm {
+    fn agent(&self) -> Arc<dyn AgentApi> {
+        self.agent.clone()
+    }
+    fn paths(&self) -> &SandboxPaths {
+        &self.paths
+    }
+    fn diagnostics(&self) -> String {
+        "fake pod: no logs".into()
+    }
+    fn exited(&self) -> bool {
+        self.destroyed() > 0
+    }
+    fn destroy(&self) {
+        self.destroyed.fetch_add(1, Ordering::SeqCst);
+        // As with the real VM: the guest is gone, and so is the pod directory.
+        self.agent.vanish();
+        let _ = std::fs::remove_dir_all(&self.paths.dir);
+    }
+}
+
+#[derive(Default)]
+struct LauncherState {
+    starts: u32,
+    fail_boot: bool,
+    vms: Vec<Arc<FakePodVm>>,
+    shared: Vec<PathBuf>,
+}
+
+/// Boots [`FakePodVm`]s sharing one [`FakeAgent`]; can fail the boot as a guest that died
+/// does. Sharing a container only creates its directories.
+pub struct FakePodLauncher {
+    agent: Arc<FakeAgent>,
+    state: Mutex<LauncherState>,
+}
+
+impl FakePodLauncher {
+    /// A launcher whose VMs answer with `agent`.
+    pub fn new(agent: Arc<FakeAgent>) -> Arc<Self> {
+        Arc::new(FakePodLauncher {
+            agent,
+            state: Mutex::new(LauncherState::default()),
+        })
+    }
+
+    /// Later boots fail (`true`) with [`SandboxError::VmExited`], or succeed.
+    pub fn fail_boots(&self, fail: bool) {
+        self.state.locked().fail_boot = fail;
+    }
+
+    /// How many boots were tried.
+    pub fn starts(&self) -> u32 {
+        self.state.locked().starts
+    }
+
+    /// The VMs booted, oldest first.
+    pub fn vms(&self) -> Vec<Arc<FakePodVm>> {
+        self.state.locked().vms.clone()
+    }
+
+    /// The container directories shared so far.
+    pub fn shared(&self) -> Vec<PathBuf> {
+        self.state.locked().shared.clone()
+    }
+}
+
+/// The message husk-vmm's log ends with in a boot failure of [`FakePodLauncher`].
+pub const FAKE_VMM_LOG: &str = "vCPU 0: guest reset (triple fault)";
+
+impl PodLauncher for Arc<FakePodLauncher> {
+    fn share_container(&self, dir: &Path, files: ContainerFiles<'_>) -> Result<(), MountError> {
+        let mk = |p: PathBuf| {
+            std::fs::create_dir_all(&p).map_err(|source| MountError::Io { path: p, source })
+        };
+        mk(dir.join("rootfs"))?;
+        for b in files.binds {
+            mk(dir.join("mounts").join(&b.name))?;
+        }
+        self.state.locked().shared.push(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn start(&self, paths: SandboxPaths, _: VmSize) -> Result<Arc<dyn PodVm>, SandboxError> {
+        let mut s = self.state.locked();
+        s.starts += 1;
+        if s.fail_boot {
+            // A failed start removes what it made, the pod directory included.
+            let _ = std::fs::remove_dir_all(&paths.dir);
+            return Err(SandboxError::VmExited {
+                status: "exit status: 1".into(),
+                console: String::new(),
+                vmm_log: FAKE_VMM_LOG.into(),
+            });
+        }
+        let vm = Arc::new(FakePodVm {
+            paths,
+            agent: Arc::clone(&self.agent),
+            destroyed: AtomicU32::new(0),
+        });
+        s.vms.push(Arc::clone(&vm));
+        Ok(vm)
+    }
+}
