@@ -190,7 +190,11 @@ mod tests {
 
     #[test]
     fn bad_index_is_rejected() {
-        assert!(condition_sets(&[arg(6, 1)]).is_err());
+        let err = condition_sets(&[arg(6, 1)]).err().expect("index 6 must fail");
+        assert!(
+            matches!(&err, SeccompError::Unsupported(what) if what == "argument index 6"),
+            "{err}"
+        );
     }
 
     /// Set when this test binary runs again as the child that loads a filter: a loaded
