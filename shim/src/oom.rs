@@ -103,10 +103,10 @@ fn run(source: &dyn OomSource, events: &dyn EventSink, wait: Duration, stop: &At
 #[cfg(test)]
 mod tests {
     use super::*;
-    use husk_protocol::ErrorKind;
-    use std::collections::VecDeque;
     use crate::test_util::wait_until;
     use husk_lock::MutexExt;
+    use husk_protocol::ErrorKind;
+    use std::collections::VecDeque;
     use std::sync::Mutex;
     use std::time::Instant;
 

@@ -190,7 +190,9 @@ mod tests {
 
     #[test]
     fn bad_index_is_rejected() {
-        let err = condition_sets(&[arg(6, 1)]).err().expect("index 6 must fail");
+        let err = condition_sets(&[arg(6, 1)])
+            .err()
+            .expect("index 6 must fail");
         assert!(
             matches!(&err, SeccompError::Unsupported(what) if what == "argument index 6"),
             "{err}"
@@ -324,7 +326,9 @@ mod tests {
         let json = r#"{"defaultAction":"SCMP_ACT_ALLOW",
             "syscalls":[{"names":["mkdirat"],"action":"SCMP_ACT_NOTIFY"}]}"#;
         let profile: LinuxSeccomp = serde_json::from_str(json).expect("profile");
-        let err = Filter::compile(&profile, false).err().expect("notify must fail");
+        let err = Filter::compile(&profile, false)
+            .err()
+            .expect("notify must fail");
         assert!(
             matches!(&err, SeccompError::Unsupported(what) if what == "SCMP_ACT_NOTIFY"),
             "{err}"

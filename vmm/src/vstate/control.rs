@@ -207,7 +207,11 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(c.pause(Duration::from_secs(5)));
-        assert_eq!(c.lock().parked, 2, "pause returned before both threads parked");
+        assert_eq!(
+            c.lock().parked,
+            2,
+            "pause returned before both threads parked"
+        );
         let w = work.load(Ordering::SeqCst);
         // That the threads stay parked needs a span of time to be seen: watch the whole
         // span (running threads would count about once per millisecond each).
