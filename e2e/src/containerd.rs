@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::cmd::{output_within, sh, which};
 use crate::leftovers::Leftovers;
 use crate::oci_image::{self, ImageSpec};
-use crate::Artifacts;
+use crate::{wait_until, Artifacts};
 
 /// husk's runtime type.
 pub const HUSK_RUNTIME: &str = "io.containerd.husk.v2";
@@ -265,34 +265,28 @@ impl Containerd {
     /// Waits until `ctr task ls` shows `id` with `status` (e.g. `RUNNING`).
     pub fn wait_status(&self, id: &str, status: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ls = self.ctr_ok(&["task", "ls"]);
-            if ls
-                .lines()
+        let mut ls = String::new();
+        let reached = wait_until(deadline, || {
+            ls = self.ctr_ok(&["task", "ls"]);
+            ls.lines()
                 .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{id} never {status}: {ls}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
+        assert!(reached, "{id} never {status}: {ls}");
     }
 
     /// Waits (up to 20 s) until nothing of husk is left on the host: no helper
     /// process, mount, pod directory or shim socket; panics with what is left.
     pub fn assert_nothing_left(&self, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = Leftovers::scan(HUSK_STATE_DIR, &self.opts.namespace);
-            if left.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: left behind: {left:?}\n{}",
-                self.explain(&self.ctr(&["task", "ls"]))
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut left = Leftovers::scan(HUSK_STATE_DIR, &self.opts.namespace);
+        let clean = wait_until(deadline, || {
+            left = Leftovers::scan(HUSK_STATE_DIR, &self.opts.namespace);
+            left.is_empty()
+        });
+        assert!(
+            clean,
+            "{what}: left behind: {left:?}\n{}",
+            self.explain(&self.ctr(&["task", "ls"]))
+        );
     }
 }

@@ -10,6 +10,7 @@ use husk_lock::MutexExt;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 pub mod cmd;
 pub mod containerd;
@@ -73,6 +74,20 @@ impl Artifacts {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create scratch directory");
         dir
+    }
+}
+
+/// Polls `cond` until it holds or `deadline` passes; returns whether it held. Tests wait
+/// with this for what they assert instead of sleeping a fixed time first.
+pub fn wait_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -6,10 +6,11 @@
 //! Each container gets its own husk VM. Run with `cargo xtask e2e shim`.
 
 use husk_lock::MutexExt;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use husk_e2e::cmd::{output_within, sh, which};
 use husk_e2e::containerd::{
     Containerd, Options, BUSYBOX_IMAGE as IMAGE, CTR_TIMEOUT, HUSK_RUNTIME as RUNTIME,
 };
-use husk_e2e::Artifacts;
+use husk_e2e::{wait_until, Artifacts};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -186,11 +187,31 @@ fn shim_task_commands() {
     d.assert_nothing_left("after kill");
 
     // kill --all: the init of a pid namespace ignores a SIGTERM it has no handler for,
-    // its children do not; `wait` returns once they are gone and the shell exits.
+    // its children do not; `wait` returns once they are gone and the shell exits 5. The
+    // container runs in the foreground of a `ctr run` so that its exit status shows: 5
+    // proves that init lived through the first SIGTERM (a death by it would be 143).
     let id = "family";
-    d.run_detached(id, &["sh", "-c", "sleep 1000 & sleep 1001 & wait; exit 5"]);
+    let family = d.ctr_cmd(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "sh",
+        "-c",
+        "sleep 1000 & sleep 1001 & wait; exit 5",
+    ]);
+    let family = std::thread::spawn(move || output_within(family, CTR_TIMEOUT));
+    d.wait_status(id, "RUNNING");
+    // init and both sleeps, under ctr's header line.
+    let mut ps = String::new();
+    let all_up = wait_until(Instant::now() + Duration::from_secs(60), || {
+        ps = d.ctr_ok(&["task", "ps", id]);
+        ps.lines().count() == 4
+    });
+    assert!(all_up, "the sleeps never started: {ps}");
     d.ctr_ok(&["task", "kill", "--signal", "SIGTERM", id]);
-    std::thread::sleep(Duration::from_secs(1));
     let ps = d.ctr_ok(&["task", "ps", id]);
     assert_eq!(
         ps.lines().count(),
@@ -198,10 +219,13 @@ fn shim_task_commands() {
         "init ignored SIGTERM, all alive: {ps}"
     );
     d.ctr_ok(&["task", "kill", "--all", "--signal", "SIGTERM", id]);
-    d.wait_status(id, "STOPPED");
-    let out = d.ctr(&["task", "rm", id]);
-    assert!(out.status.success(), "{}", d.explain(&out));
-    d.ctr_ok(&["container", "rm", id]);
+    let out = family.join().expect("ctr run of family");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "init must survive the first SIGTERM and exit 5 once its children are gone: {}",
+        d.explain(&out)
+    );
     d.assert_nothing_left("after kill --all");
 
     // A shim that dies: its VM dies with it, and `shim delete` removes the rest.
@@ -210,16 +234,13 @@ fn shim_task_commands() {
     let shim = shim_pid(id).expect("shim process of the crash container");
     sh(&format!("kill -9 {shim}"));
     // containerd notices the dead shim: the task stops or disappears.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ls = d.ctr_ok(&["task", "ls"]);
+    let mut ls = String::new();
+    let stopped = wait_until(Instant::now() + Duration::from_secs(60), || {
+        ls = d.ctr_ok(&["task", "ls"]);
         let line = ls.lines().find(|l| l.split_whitespace().next() == Some(id));
-        if line.is_none_or(|l| l.contains("STOPPED")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "task survived its shim: {ls}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        line.is_none_or(|l| l.contains("STOPPED"))
+    });
+    assert!(stopped, "task survived its shim: {ls}");
     let _ = d.ctr(&["task", "rm", id]);
     d.ctr_ok(&["container", "rm", id]);
     d.assert_nothing_left("after a shim crash");
@@ -283,17 +304,38 @@ fn shim_bad_input_is_refused_cleanly() {
 fn shim_reports_oom_kills() {
     let (d, _g) = daemon();
     let id = "oom";
-    // Every event containerd publishes while the container runs.
+    // Every event containerd publishes while the container runs, line by line.
     let mut events = d.ctr_cmd(&["events"]);
     events.stdout(Stdio::piped()).stderr(Stdio::null());
     let mut events = events.spawn().expect("spawn ctr events");
-    let mut events_out = events.stdout.take().expect("piped");
-    let collected = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = events_out.read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
+    let events_out = events.stdout.take().expect("piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(events_out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    std::thread::sleep(Duration::from_secs(1));
+    let mut seen = Vec::new();
+    // `ctr events` says nothing once it has subscribed: publish events of our own (a
+    // namespace made and removed) until one shows, so that the container's cannot be missed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0.. {
+        let probe = format!("husk-events-probe-{n}");
+        d.ctr_ok(&["namespaces", "create", &probe]);
+        d.ctr_ok(&["namespaces", "rm", &probe]);
+        let within = Instant::now() + Duration::from_secs(2);
+        if next_line_with(&lines, &mut seen, within, |l| l.contains(&probe)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ctr events never showed our own events:\n{}",
+            seen.join("\n")
+        );
+    }
 
     // A shell string that doubles until the 16 MiB cgroup limit OOM-kills the shell.
     let out = d.run(
@@ -305,25 +347,51 @@ fn shim_reports_oom_kills() {
             "x=0123456789abcdef; while true; do x=$x$x; done",
         ],
     );
+    // The OOM event may follow the exit: wait for it.
+    let quoted = format!("\"{id}\"");
+    let within = Instant::now() + Duration::from_secs(30);
+    let oom = next_line_with(&lines, &mut seen, within, |l| {
+        l.contains("/tasks/oom") && l.contains(&quoted)
+    });
     let _ = events.kill();
     let _ = events.wait();
-    let events = collected.join().expect("events reader");
+    reader.join().expect("events reader");
     assert_eq!(
         out.status.code(),
         Some(137),
         "OOM kill: {}",
         d.explain(&out)
     );
-    let oom: Vec<&str> = events
-        .lines()
-        .filter(|l| l.contains("/tasks/oom"))
-        .collect();
     assert!(
-        oom.iter().any(|l| l.contains(&format!("\"{id}\""))),
-        "no /tasks/oom event for {id}; events:\n{events}\n{}",
+        oom,
+        "no /tasks/oom event for {id}; events:\n{}\n{}",
+        seen.join("\n"),
         d.explain(&out)
     );
     d.assert_nothing_left("after an OOM kill");
+}
+
+/// Takes lines from `lines` into `seen` until one satisfies `want` (true) or `deadline`
+/// passes (false).
+fn next_line_with(
+    lines: &Receiver<String>,
+    seen: &mut Vec<String>,
+    deadline: Instant,
+    want: impl Fn(&str) -> bool,
+) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let hit = want(&line);
+                seen.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// A pseudo terminal: (master, slave) with the given window size.

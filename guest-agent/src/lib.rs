@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //!
-//! - [`init`]: PID 1 duties (root off the initramfs, mounts, console, power off).
+//! - [`init`]: PID 1 duties (root off the initramfs, mounts, console, ending the VM).
 //! - [`reaper`]: the single `waitpid` loop; exit statuses for everybody.
 //! - [`server`]: the ttrpc service; [`container`]: containers, processes, stdio;
 //!   [`cgroup`]: cgroup v2; [`oom`]: OOM kills in container cgroups; [`sandbox`]:

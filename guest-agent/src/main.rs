@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use husk_agent::container::{Runtime, RuntimeConfig};
 use husk_agent::reaper::Reaper;
-use husk_agent::server::{Mode, PowerOff, Service};
+use husk_agent::server::{EndSandbox, Mode, Service};
 use husk_agent::setup::config::SETUP_ARG;
 use husk_agent::{init, setup};
 
@@ -61,18 +61,20 @@ fn ttrpc_address(listen: &str) -> Result<String, String> {
     }
 }
 
-struct GuestPower;
+/// In a guest: the sandbox ends with its VM.
+struct ResetVm;
 
-impl PowerOff for GuestPower {
-    fn power_off(&self) {
-        init::power_off("sandbox destroyed, powering off");
+impl EndSandbox for ResetVm {
+    fn end_sandbox(&self) {
+        init::end_vm("sandbox destroyed, ending the VM");
     }
 }
 
-struct HostExit;
+/// On a host (tests): the agent process exits.
+struct ExitProcess;
 
-impl PowerOff for HostExit {
-    fn power_off(&self) {
+impl EndSandbox for ExitProcess {
+    fn end_sandbox(&self) {
         std::process::exit(0);
     }
 }
@@ -92,11 +94,11 @@ fn serve(
         },
         reaper,
     ));
-    let power: Arc<dyn PowerOff> = match mode {
-        Mode::Guest => Arc::new(GuestPower),
-        Mode::Host => Arc::new(HostExit),
+    let end: Arc<dyn EndSandbox> = match mode {
+        Mode::Guest => Arc::new(ResetVm),
+        Mode::Host => Arc::new(ExitProcess),
     };
-    let service = Arc::new(Service::new(runtime, mode, power, started, init_t0));
+    let service = Arc::new(Service::new(runtime, mode, end, started, init_t0));
     let address = ttrpc_address(&opts.listen)?;
     let mut server = ttrpc::Server::new()
         .bind(&address)
@@ -128,7 +130,7 @@ fn main() {
     if pid1 {
         init::install_panic_hook();
         if let Err(e) = init::setup() {
-            init::power_off(&format!("fatal: init: {e}"));
+            init::end_vm(&format!("fatal: init: {e}"));
         }
     }
     // A plain level unless HUSK_AGENT_LOG asks for a filter (parsing one costs boot time).
@@ -164,7 +166,7 @@ fn main() {
     });
     if let Err(e) = result {
         if pid1 {
-            init::power_off(&format!("fatal: {e}"));
+            init::end_vm(&format!("fatal: {e}"));
         }
         eprintln!("husk-agent: {e}");
         std::process::exit(1);

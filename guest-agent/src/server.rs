@@ -13,10 +13,11 @@ use crate::container::Runtime;
 use crate::error::Error;
 use crate::sandbox;
 
-/// What the agent does when told to destroy the sandbox.
-pub trait PowerOff: Send + Sync {
+/// What the agent does when told to destroy the sandbox: in a guest, end the VM; on a host
+/// (tests), exit.
+pub trait EndSandbox: Send + Sync {
     /// Called after the reply to `DestroySandbox` has been sent (from another thread).
-    fn power_off(&self);
+    fn end_sandbox(&self);
 }
 
 /// Whether the agent is the guest's init (sandbox settings apply) or runs on a host.
@@ -32,7 +33,7 @@ pub enum Mode {
 pub struct Service {
     runtime: Arc<Runtime>,
     mode: Mode,
-    power: Arc<dyn PowerOff>,
+    end: Arc<dyn EndSandbox>,
     started: Instant,
     init_t0: Option<Duration>,
     first_health: AtomicBool,
@@ -62,14 +63,14 @@ impl Service {
     pub fn new(
         runtime: Arc<Runtime>,
         mode: Mode,
-        power: Arc<dyn PowerOff>,
+        end: Arc<dyn EndSandbox>,
         started: Instant,
         init_t0: Option<Duration>,
     ) -> Self {
         Service {
             runtime,
             mode,
-            power,
+            end,
             started,
             init_t0,
             first_health: AtomicBool::new(true),
@@ -129,11 +130,11 @@ impl Agent for Service {
 
     fn destroy_sandbox(&self, _ctx: &TtrpcContext, _req: DestroySandboxRequest) -> R<Empty> {
         self.runtime.remove_all();
-        let power = self.power.clone();
-        // Answer first, then power off.
+        let end = self.end.clone();
+        // Answer first, then end the sandbox.
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
-            power.power_off();
+            end.end_sandbox();
         });
         Ok(Empty::default())
     }

@@ -1,11 +1,12 @@
 //! Container semantics of a host-mode agent, through the ttrpc client, on busybox bundles.
-//! Needs root (as the agent does in the guest).
+//! Needs root (as the agent does in the guest); the cgroup tests need cgroup v2 and
+//! `same_output_and_exit_code_as_runc` needs runc. A test missing any of them fails.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{spec, Agent};
+use common::{spec, wait_until, Agent};
 use husk_protocol::{AgentApi, ErrorKind};
 use serde_json::json;
 
@@ -312,23 +313,15 @@ fn usage(agent: &Agent, id: &str) -> u64 {
 /// Whether the container's CPU usage grows by `delta` µs within a few seconds (the build
 /// machines are shared, so a busy loop may get little CPU at a time).
 fn usage_grows(agent: &Agent, id: &str, from: u64, delta: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if usage(agent, id) > from + delta {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    wait_until(Instant::now() + Duration::from_secs(10), || {
+        usage(agent, id) > from + delta
+    })
 }
 
 #[test]
 fn stats_move_and_pause_resume() {
     let agent = Agent::start();
-    if agent.cgroup_root.is_none() {
-        eprintln!("no cgroup v2 on this host: skipped");
-        return;
-    }
+    let cgroup = agent.cgroup().join("busy");
     agent.run("busy", &spec(&["sh", "-c", "while :; do :; done"]));
     let before = usage(&agent, "busy");
     assert!(
@@ -337,10 +330,19 @@ fn stats_move_and_pause_resume() {
     );
 
     agent.client.pause_container("busy").expect("pause");
+    // The kernel's word that every task of the cgroup is frozen, not only asked to be.
+    let events = std::fs::read_to_string(cgroup.join("cgroup.events")).expect("cgroup.events");
+    assert!(
+        events.lines().any(|l| l.trim() == "frozen 1"),
+        "paused, but not frozen: {events}"
+    );
+    // That nothing runs needs a span of time to be seen: watch the whole span (the busy
+    // loop, were it running, adds about its length in CPU time).
     let p1 = usage(&agent, "busy");
-    std::thread::sleep(Duration::from_millis(300));
+    let span = Instant::now() + Duration::from_millis(300);
+    let moved = wait_until(span, || usage(&agent, "busy") > p1 + 5_000);
     let p2 = usage(&agent, "busy");
-    assert!(p2 - p1 < 5_000, "usage moved while paused: {p1} -> {p2}");
+    assert!(!moved, "usage moved while paused: {p1} -> {p2}");
     agent.client.resume_container("busy").expect("resume");
     assert!(
         usage_grows(&agent, "busy", p2, 50_000),
@@ -426,9 +428,7 @@ fn remove_leaves_no_process_mount_or_cgroup() {
         !mounts.contains(rootfs.to_str().expect("utf8")),
         "mount left"
     );
-    if let Some(cg) = &agent.cgroup_root {
-        assert!(!cg.join("rm").exists(), "cgroup left");
-    }
+    assert!(!agent.cgroup().join("rm").exists(), "cgroup left");
     let err = agent.client.start_container("rm").expect_err("gone");
     assert_eq!(err.kind(), Some(ErrorKind::NotFound));
 }
@@ -514,21 +514,21 @@ fn bad_input_gives_typed_errors_and_leaves_nothing() {
     );
     agent.client.remove_container("twice").expect("remove");
 
-    // Nothing of the failed creates is left: no setup process, no cgroup.
-    std::thread::sleep(Duration::from_millis(100));
+    // Nothing of the failed creates is left: no setup process, no cgroup. The removed
+    // container's processes are reaped a moment after the call returns: wait for that.
+    let deadline = Instant::now() + Duration::from_secs(10);
     assert!(
-        common::children_of(agent.pid()).is_empty(),
-        "processes left"
+        wait_until(deadline, || common::children_of(agent.pid()).is_empty()),
+        "processes left: {:?}",
+        common::children_of(agent.pid())
     );
-    if let Some(cg) = &agent.cgroup_root {
-        let left: Vec<_> = std::fs::read_dir(cg)
-            .expect("cgroup root")
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name())
-            .collect();
-        assert!(left.is_empty(), "cgroups left: {left:?}");
-    }
+    let left: Vec<_> = std::fs::read_dir(agent.cgroup())
+        .expect("cgroup root")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
 }
 
 #[test]
@@ -560,10 +560,7 @@ fn same_output_and_exit_code_as_runc() {
     assert!(err.is_empty(), "{}", text(&err));
     let bundle = common::make_rootfs(&agent.dir.path().join("runc-bundle"));
     let started = Instant::now();
-    let Some((rcode, rout, rerr)) = common::runc_run(&bundle, "husk-cmp", &s) else {
-        eprintln!("runc not installed: compared nothing");
-        return;
-    };
+    let (rcode, rout, rerr) = common::runc_run(&bundle, "husk-cmp", &s);
     let runc_time = started.elapsed();
     eprintln!("husk-agent {husk_time:?}, runc {runc_time:?}");
     assert_eq!(
@@ -595,10 +592,7 @@ fn sysctls_masked_and_readonly_paths() {
 #[test]
 fn exec_into_paused_container_is_refused_and_update_applies() {
     let agent = Agent::start();
-    if agent.cgroup_root.is_none() {
-        eprintln!("no cgroup v2 on this host: skipped");
-        return;
-    }
+    let cg = agent.cgroup().join("paused");
     agent.run("paused", &spec(&["sleep", "1000"]));
     agent.client.pause_container("paused").expect("pause");
     let process = json!({"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
@@ -614,7 +608,6 @@ fn exec_into_paused_container_is_refused_and_update_applies() {
         .client
         .update_container("paused", res.to_string().as_bytes())
         .expect("update");
-    let cg = agent.cgroup_root.as_ref().expect("cgroup").join("paused");
     let v = std::fs::read_to_string(cg.join("cgroup.max.descendants")).expect("read");
     assert_eq!(v.trim(), "5");
     let bad = json!({"unified": {"../escape": "1"}});

@@ -63,6 +63,12 @@ fn round_trip_typed_errors_and_timeouts() {
     assert!(started.elapsed() < Duration::from_secs(2));
 
     // An unimplemented call is a typed error too, and the connection stays usable.
-    assert!(client.pause_container("x").is_err());
-    assert!(client.health().is_ok());
+    // A status from the server (not a transport failure) that names the call.
+    let err = client.pause_container("x").expect_err("unimplemented");
+    assert!(
+        matches!(&err, AgentError::Status { message, .. } if message.contains("PauseContainer")),
+        "{err:?}"
+    );
+    let health = client.health().expect("health after an unimplemented call");
+    assert_eq!(health.agent_version, "test");
 }

@@ -286,16 +286,13 @@ mod tests {
 mod root_tests {
     use super::*;
 
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
     #[test]
     fn snapshot_bind_mount_is_made_and_removed_in_process() {
-        if !is_root() {
-            eprintln!("skipping: needs root");
-            return;
-        }
+        let euid = nix::unistd::geteuid();
+        assert!(
+            euid.is_root(),
+            "this test makes bind mounts: it needs root, euid is {euid}"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("snap");
         std::fs::create_dir_all(&src).expect("src");
@@ -309,9 +306,11 @@ mod root_tests {
         };
         mount_rootfs(&[m], Path::new("/nonexistent"), &target).expect("mount");
         assert!(target.join("marker").exists());
-        assert!(
-            std::fs::write(target.join("new"), "y").is_err(),
-            "read-only bind"
+        let err = std::fs::write(target.join("new"), "y").expect_err("read-only bind");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(nix::errno::Errno::EROFS as i32),
+            "{err}"
         );
         remove_tree(&pod);
         assert!(!pod.exists());

@@ -103,6 +103,8 @@ fn run(source: &dyn OomSource, events: &dyn EventSink, wait: Duration, stop: &At
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::wait_until;
+    use husk_lock::MutexExt;
     use husk_protocol::ErrorKind;
     use std::collections::VecDeque;
     use std::sync::Mutex;
@@ -113,8 +115,8 @@ mod tests {
 
     impl OomSource for Script {
         fn next_oom(&self, _: Duration) -> Result<Option<String>, AgentError> {
-            *self.1.lock().expect("lock") += 1;
-            match self.0.lock().expect("lock").pop_front() {
+            *self.1.locked() += 1;
+            match self.0.locked().pop_front() {
                 Some(answer) => Ok(answer.map(str::to_string)),
                 None => Err(AgentError::Status {
                     kind: ErrorKind::Internal,
@@ -129,7 +131,7 @@ mod tests {
 
     impl EventSink for Recorder {
         fn publish(&self, event: TaskEvent) {
-            self.0.lock().expect("lock").push(event);
+            self.0.locked().push(event);
         }
     }
 
@@ -141,17 +143,18 @@ mod tests {
         let _m = OomMonitor::start(script.clone(), events.clone(), Duration::ZERO).expect("start");
         // The script, then MAX_FAILURES failed calls, then no more calls.
         let all = answers.len() as u32 + MAX_FAILURES;
+        // The monitor thread holds its own reference to the source until it returns: the
+        // count falling to ours proves the thread is gone, so no call can follow.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while *script.1.lock().expect("lock") < all {
-            assert!(Instant::now() < deadline, "monitor stopped calling early");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(RETRY_DELAY * 2);
-        assert_eq!(*script.1.lock().expect("lock"), all, "gave up");
+        assert!(
+            wait_until(deadline, || Arc::strong_count(&script) == 1),
+            "monitor did not give up: {} calls",
+            *script.1.locked()
+        );
+        assert_eq!(*script.1.locked(), all, "calls before giving up");
         let ids: Vec<String> = events
             .0
-            .lock()
-            .expect("lock")
+            .locked()
             .iter()
             .map(|e| match e {
                 TaskEvent::Oom(o) => o.container_id.clone(),
@@ -159,7 +162,7 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, ["c1", "c2", "c1"]);
-        assert_eq!(events.0.lock().expect("lock")[0].topic(), "/tasks/oom");
+        assert_eq!(events.0.locked()[0].topic(), "/tasks/oom");
     }
 
     #[test]
@@ -176,13 +179,20 @@ mod tests {
         let events = Arc::new(Recorder::default());
         let m = OomMonitor::start(source.clone(), events.clone(), Duration::from_millis(200))
             .expect("start");
-        while !source.0.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        drop(m);
-        std::thread::sleep(Duration::from_millis(400));
+        let deadline = Instant::now() + Duration::from_secs(10);
         assert!(
-            events.0.lock().expect("lock").is_empty(),
+            wait_until(deadline, || source.0.load(Ordering::SeqCst)),
+            "the monitor never polled"
+        );
+        drop(m);
+        // The thread's reference to the source goes when it returns: after that, nothing
+        // more can be published.
+        assert!(
+            wait_until(deadline, || Arc::strong_count(&source) == 1),
+            "the monitor did not stop"
+        );
+        assert!(
+            events.0.locked().is_empty(),
             "an answer after stop is dropped"
         );
     }

@@ -17,4 +17,6 @@ pub mod event_loop;
 pub mod exit;
 pub mod memory;
 pub mod metrics;
+#[cfg(test)]
+mod test_util;
 pub mod vstate;

@@ -1,6 +1,7 @@
 //! PID 1 duties in the guest: the root switch, the basic mounts, the console, the
-//! hostname, and powering off (the VM uses `reboot=k`, so a reboot resets it and the VMM
-//! exits). Orphans are reaped by [`crate::reaper`].
+//! hostname, and ending the VM ([`end_vm`]: the guest kernel runs with `reboot=k`, so a
+//! reboot resets the VM through the i8042 and husk-vmm exits). Orphans are reaped by
+//! [`crate::reaper`].
 
 pub mod switch_root;
 
@@ -136,8 +137,10 @@ pub fn init_t0() -> std::time::Duration {
     now
 }
 
-/// Writes a line on the console and resets the VM. Never returns.
-pub fn power_off(message: &str) -> ! {
+/// Writes a line on the console and ends the VM: `reboot(RB_AUTOBOOT)`, which with the
+/// guest kernel's `reboot=k` resets the VM through the i8042, and husk-vmm exits on a guest
+/// reset. Never returns.
+pub fn end_vm(message: &str) -> ! {
     eprintln!("husk-agent: {message}");
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
@@ -147,11 +150,11 @@ pub fn power_off(message: &str) -> ! {
     }
 }
 
-/// Makes a panic anywhere power the VM off with its message instead of leaving a guest
-/// without an agent.
+/// Makes a panic anywhere end the VM ([`end_vm`]) with its message instead of leaving a
+/// guest without an agent.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        power_off(&format!("fatal: {info}"));
+        end_vm(&format!("fatal: {info}"));
     }));
 }
 

@@ -190,14 +190,148 @@ mod tests {
 
     #[test]
     fn bad_index_is_rejected() {
-        assert!(condition_sets(&[arg(6, 1)]).is_err());
+        let err = condition_sets(&[arg(6, 1)])
+            .err()
+            .expect("index 6 must fail");
+        assert!(
+            matches!(&err, SeccompError::Unsupported(what) if what == "argument index 6"),
+            "{err}"
+        );
+    }
+
+    /// Set when this test binary runs again as the child that loads a filter: a loaded
+    /// filter cannot be taken off, so it goes into a process of its own.
+    const CHILD_ENV: &str = "HUSK_SECCOMP_TEST_CHILD";
+    /// What a child prints once all its checks passed.
+    const CHILD_DONE: &str = "seccomp child: checks done";
+
+    /// Runs the test `name` (of this module) again in a child process of this test binary,
+    /// with [`CHILD_ENV`] set; returns its output.
+    fn rerun_in_child(name: &str) -> std::process::Output {
+        let module = module_path!()
+            .split_once("::")
+            .map_or(module_path!(), |(_, rest)| rest);
+        let exe = std::env::current_exe().expect("current_exe");
+        std::process::Command::new(exe)
+            .args(["--exact", &format!("{module}::{name}"), "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env(CHILD_ENV, "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the test binary again")
+    }
+
+    fn in_child() -> bool {
+        std::env::var_os(CHILD_ENV).is_some()
+    }
+
+    fn compile(json: &str) -> Filter {
+        let profile: LinuxSeccomp = serde_json::from_str(json).expect("profile");
+        Filter::compile(&profile, true).expect("compile")
+    }
+
+    /// `mkdirat(AT_FDCWD, path, mode)` as a raw system call: the errno it failed with.
+    fn mkdirat(path: &std::path::Path, mode: u32) -> Result<(), i32> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: c is a valid NUL-terminated path that lives across the call.
+        let rc = unsafe { libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, c.as_ptr(), mode) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        }
     }
 
     #[test]
-    fn profile_compiles_with_unknown_names_skipped() {
-        let json = r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64"],
-            "syscalls":[{"names":["mkdirat","no_such_call"],"action":"SCMP_ACT_ERRNO"}]}"#;
+    fn errno_rules_deny_with_their_errno_and_the_rest_runs() {
+        if in_child() {
+            // mkdirat is denied with EXDEV for mode 0700 or 0711 (the same argument twice:
+            // two ORed rules), and allowed for any other mode; getppid is denied with the
+            // default errno (EPERM); an unknown name is skipped.
+            let filter = compile(
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64"],
+                "syscalls":[
+                  {"names":["mkdirat","no_such_call"],"action":"SCMP_ACT_ERRNO","errnoRet":18,
+                   "args":[{"index":2,"value":448,"op":"SCMP_CMP_EQ"},
+                           {"index":2,"value":457,"op":"SCMP_CMP_EQ"}]},
+                  {"names":["getppid"],"action":"SCMP_ACT_ERRNO"}]}"#,
+            );
+            let dir = tempfile::tempdir().expect("tempdir");
+            // SAFETY: getppid has no preconditions.
+            let parent = unsafe { libc::syscall(libc::SYS_getppid) };
+            assert!(parent > 0, "getppid before the filter: {parent}");
+            // Without TSYNC the filter binds this thread only, which runs every check.
+            filter.load().expect("load");
+            assert_eq!(mkdirat(&dir.path().join("a"), 0o700), Err(libc::EXDEV));
+            assert_eq!(mkdirat(&dir.path().join("b"), 0o711), Err(libc::EXDEV));
+            assert!(!dir.path().join("a").exists() && !dir.path().join("b").exists());
+            assert_eq!(mkdirat(&dir.path().join("c"), 0o755), Ok(()));
+            assert!(dir.path().join("c").is_dir());
+            // SAFETY: getppid has no preconditions.
+            let denied = unsafe { libc::syscall(libc::SYS_getppid) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            assert_eq!((denied, errno), (-1, Some(libc::EPERM)));
+            // SAFETY: getpid has no preconditions.
+            let pid = unsafe { libc::syscall(libc::SYS_getpid) };
+            assert_eq!(pid, i64::from(std::process::id()));
+            println!("{CHILD_DONE}");
+            return;
+        }
+        let out = rerun_in_child("errno_rules_deny_with_their_errno_and_the_rest_runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(CHILD_DONE),
+            "child: {:?}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn kill_process_rule_kills_with_sigsys() {
+        if in_child() {
+            let filter = compile(
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64"],
+                "syscalls":[{"names":["getppid"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#,
+            );
+            // No core file from the expected SIGSYS.
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: no_core is a valid rlimit that lives across the call.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) }, 0);
+            filter.load().expect("load");
+            println!("{CHILD_DONE}");
+            // SAFETY: getppid has no preconditions; the filter kills the process here.
+            let ppid = unsafe { libc::syscall(libc::SYS_getppid) };
+            println!("survived getppid: {ppid}");
+            return;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let out = rerun_in_child("kill_process_rule_kills_with_sigsys");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.signal() == Some(libc::SIGSYS)
+                && stdout.contains(CHILD_DONE)
+                && !stdout.contains("survived"),
+            "child: {:?}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn notify_is_refused() {
+        let json = r#"{"defaultAction":"SCMP_ACT_ALLOW",
+            "syscalls":[{"names":["mkdirat"],"action":"SCMP_ACT_NOTIFY"}]}"#;
         let profile: LinuxSeccomp = serde_json::from_str(json).expect("profile");
-        assert!(Filter::compile(&profile, false).is_ok());
+        let err = Filter::compile(&profile, false)
+            .err()
+            .expect("notify must fail");
+        assert!(
+            matches!(&err, SeccompError::Unsupported(what) if what == "SCMP_ACT_NOTIFY"),
+            "{err}"
+        );
     }
 }

@@ -30,7 +30,15 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 }
 
 impl Agent {
+    /// Starts a host-mode agent. These tests make namespaces, mounts and cgroups: they need
+    /// root, and fail without it.
     pub fn start() -> Agent {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "the native agent tests need root (namespaces, mounts, cgroups); euid is {euid}"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let share = dir.path().join("share");
         std::fs::create_dir_all(&share).expect("share");
@@ -111,6 +119,16 @@ impl Agent {
 }
 
 impl Agent {
+    /// The agent's cgroup root; fails the test when this host has no cgroup v2.
+    pub fn cgroup(&self) -> &Path {
+        self.cgroup_root.as_deref().unwrap_or_else(|| {
+            panic!(
+                "this test needs cgroup v2: no cgroup.controllers in /sys/fs/cgroup or \
+                 /sys/fs/cgroup/unified"
+            )
+        })
+    }
+
     /// Pid of the agent process.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -137,6 +155,19 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
         }
     }
     found
+}
+
+/// Polls `cond` until it holds or `deadline` passes; returns whether it held.
+pub fn wait_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 impl Drop for Agent {
@@ -244,12 +275,15 @@ pub fn processes_with(needle: &str) -> Vec<u32> {
     found
 }
 
-/// Runs the bundle with Debian's runc, if installed: (exit status, stdout, stderr).
-pub fn runc_run(bundle: &Path, id: &str, spec: &Value) -> Option<(i32, Vec<u8>, Vec<u8>)> {
+/// Runs the bundle with Debian's runc: (exit status, stdout, stderr). Fails the test when
+/// runc is not installed.
+pub fn runc_run(bundle: &Path, id: &str, spec: &Value) -> (i32, Vec<u8>, Vec<u8>) {
     let runc = Path::new("/usr/sbin/runc");
-    if !runc.exists() {
-        return None;
-    }
+    assert!(
+        runc.is_file(),
+        "this test compares with runc: {} is missing (apt-get install runc)",
+        runc.display()
+    );
     std::fs::write(bundle.join("config.json"), spec.to_string()).expect("config.json");
     let state = bundle.join("runc-state");
     let out = Command::new(runc)
@@ -266,5 +300,5 @@ pub fn runc_run(bundle: &Path, id: &str, spec: &Value) -> Option<(i32, Vec<u8>, 
         .arg(&state)
         .args(["delete", "-f", id])
         .output();
-    Some((out.status.code().unwrap_or(-1), out.stdout, out.stderr))
+    (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
 }

@@ -182,6 +182,7 @@ impl VcpuControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::wait_until;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -206,12 +207,25 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(c.pause(Duration::from_secs(5)));
+        assert_eq!(
+            c.lock().parked,
+            2,
+            "pause returned before both threads parked"
+        );
         let w = work.load(Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(work.load(Ordering::SeqCst), w);
+        // That the threads stay parked needs a span of time to be seen: watch the whole
+        // span (running threads would count about once per millisecond each).
+        let span = Instant::now() + Duration::from_millis(50);
+        let moved = wait_until(span, || {
+            work.load(Ordering::SeqCst) != w || c.lock().parked != 2
+        });
+        assert!(!moved, "a thread ran while paused");
         c.resume();
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(work.load(Ordering::SeqCst) > w);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert!(
+            wait_until(deadline, || work.load(Ordering::SeqCst) > w),
+            "no thread ran after resume"
+        );
         c.exit();
         assert!(c.wait_threads_gone(Duration::from_secs(5)));
         for h in handles {
