@@ -26,8 +26,6 @@ pub mod service;
 pub mod spec;
 pub mod state;
 pub mod stdio;
-#[cfg(test)]
-mod test_util;
 pub mod virtiofsd;
 pub mod vmm;
 

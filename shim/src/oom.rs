@@ -103,12 +103,11 @@ fn run(source: &dyn OomSource, events: &dyn EventSink, wait: Duration, stop: &At
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::wait_until;
+    use crate::testing::wait_until;
     use husk_lock::MutexExt;
     use husk_protocol::ErrorKind;
     use std::collections::VecDeque;
     use std::sync::Mutex;
-    use std::time::Instant;
 
     /// Answers from a script; once it is used up, fails. Counts the calls.
     struct Script(Mutex<VecDeque<Option<&'static str>>>, Mutex<u32>);
@@ -145,12 +144,7 @@ mod tests {
         let all = answers.len() as u32 + MAX_FAILURES;
         // The monitor thread holds its own reference to the source until it returns: the
         // count falling to ours proves the thread is gone, so no call can follow.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        assert!(
-            wait_until(deadline, || Arc::strong_count(&script) == 1),
-            "monitor did not give up: {} calls",
-            *script.1.locked()
-        );
+        wait_until("the monitor to give up", || Arc::strong_count(&script) == 1);
         assert_eq!(*script.1.locked(), all, "calls before giving up");
         let ids: Vec<String> = events
             .0
@@ -179,18 +173,11 @@ mod tests {
         let events = Arc::new(Recorder::default());
         let m = OomMonitor::start(source.clone(), events.clone(), Duration::from_millis(200))
             .expect("start");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        assert!(
-            wait_until(deadline, || source.0.load(Ordering::SeqCst)),
-            "the monitor never polled"
-        );
+        wait_until("the monitor's first poll", || source.0.load(Ordering::SeqCst));
         drop(m);
         // The thread's reference to the source goes when it returns: after that, nothing
         // more can be published.
-        assert!(
-            wait_until(deadline, || Arc::strong_count(&source) == 1),
-            "the monitor did not stop"
-        );
+        wait_until("the monitor to stop", || Arc::strong_count(&source) == 1);
         assert!(
             events.0.locked().is_empty(),
             "an answer after stop is dropped"
