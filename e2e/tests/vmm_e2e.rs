@@ -512,18 +512,37 @@ fn vmm_control_api_pause_resume_shutdown() {
     assert_eq!(api.pause().expect("pause"), VmState::Paused);
     assert_eq!(api.ping().expect("ping").state, VmState::Paused);
     let before = vm.console_text();
-    std::thread::sleep(Duration::from_millis(1500));
+    let paused = api.metrics().expect("metrics");
+    assert!(paused.uptime_ms > 0, "{paused:?}");
+    assert!(paused.vcpu_exits.io > 0, "{paused:?}");
+    assert!(paused.serial_bytes > 0, "{paused:?}");
+    // That nothing happens can only be watched for a while: the guest ticks every 50 ms,
+    // so over 20 tick periods of the VMM's own clock a running guest would have written
+    // to its serial port many times. Every snapshot in that span must show no new serial
+    // byte and no port I/O exit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = api.metrics().expect("metrics");
+        assert_eq!(
+            (m.serial_bytes, m.vcpu_exits.io),
+            (paused.serial_bytes, paused.vcpu_exits.io),
+            "guest kept running while paused"
+        );
+        if m.uptime_ms >= paused.uptime_ms + 1000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "husk-vmm's clock did not advance: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let during = vm.console_text();
     assert_eq!(
         last_tick(&before),
         last_tick(&during),
         "guest kept running while paused"
     );
-
-    let m = api.metrics().expect("metrics");
-    assert!(m.uptime_ms > 0, "{m:?}");
-    assert!(m.vcpu_exits.io > 0, "{m:?}");
-    assert!(m.serial_bytes > 0, "{m:?}");
 
     assert_eq!(api.resume().expect("resume"), VmState::Running);
     let next = last_tick(&during).unwrap() + 3;
