@@ -243,7 +243,7 @@ fn agent_runs_container_from_virtio_fs_and_ends_the_vm() {
     assert_eq!(again.kind(), Some(husk_protocol::ErrorKind::AlreadyExists));
 
     // Spec read from the share (empty spec_json), rootfs over virtio-fs.
-    client.create_container("c1", b"").expect("create c1");
+    client.create_container("c1", b"", None).expect("create c1");
     client.start_container("c1").expect("start c1");
     let out = read_all(&client, "c1", "", false);
     let err = read_all(&client, "c1", "", true);
@@ -259,7 +259,7 @@ fn agent_runs_container_from_virtio_fs_and_ends_the_vm() {
     client.remove_container("c1").expect("remove c1");
 
     // stdin round trip through a second container, with stats from its cgroup.
-    client.create_container("c2", b"").expect("create c2");
+    client.create_container("c2", b"", None).expect("create c2");
     client.start_container("c2").expect("start c2");
     let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
     let back = std::thread::scope(|s| {
@@ -316,7 +316,10 @@ fn agent_runs_container_from_virtio_fs_and_ends_the_vm() {
             );
             break;
         }
-        assert!(Instant::now() < deadline, "the VM did not end after destroy_sandbox");
+        assert!(
+            Instant::now() < deadline,
+            "the VM did not end after destroy_sandbox"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -462,7 +462,7 @@ fn bad_input_gives_typed_errors_and_leaves_nothing() {
         kind(
             agent
                 .client
-                .create_container("noproc", s.to_string().as_bytes())
+                .create_container("noproc", s.to_string().as_bytes(), None)
         ),
         Some(ErrorKind::InvalidArgument)
     );
@@ -475,25 +475,25 @@ fn bad_input_gives_typed_errors_and_leaves_nothing() {
         kind(
             agent
                 .client
-                .create_container("outside", s.to_string().as_bytes())
+                .create_container("outside", s.to_string().as_bytes(), None)
         ),
         Some(ErrorKind::InvalidArgument)
     );
 
     agent.bundle("noexe");
     assert_eq!(
-        kind(
-            agent
-                .client
-                .create_container("noexe", spec(&["no-such-binary"]).to_string().as_bytes())
-        ),
+        kind(agent.client.create_container(
+            "noexe",
+            spec(&["no-such-binary"]).to_string().as_bytes(),
+            None
+        )),
         Some(ErrorKind::InvalidArgument)
     );
     assert_eq!(
         kind(
             agent
                 .client
-                .create_container("../x", spec(&["true"]).to_string().as_bytes())
+                .create_container("../x", spec(&["true"]).to_string().as_bytes(), None)
         ),
         Some(ErrorKind::InvalidArgument)
     );
@@ -508,7 +508,7 @@ fn bad_input_gives_typed_errors_and_leaves_nothing() {
         kind(
             agent
                 .client
-                .create_container("twice", spec(&["true"]).to_string().as_bytes())
+                .create_container("twice", spec(&["true"]).to_string().as_bytes(), None)
         ),
         Some(ErrorKind::AlreadyExists)
     );
@@ -537,7 +537,11 @@ fn created_container_can_be_removed_before_start() {
     agent.bundle("unstarted");
     let pid = agent
         .client
-        .create_container("unstarted", spec(&["sleep", "1000"]).to_string().as_bytes())
+        .create_container(
+            "unstarted",
+            spec(&["sleep", "1000"]).to_string().as_bytes(),
+            None,
+        )
         .expect("create");
     agent.client.remove_container("unstarted").expect("remove");
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::agent::{
     ContainerRequest, ContainerStatsResponse, CreateContainerRequest, CreateSandboxRequest,
     DestroySandboxRequest, ExecProcessRequest, GetOomEventRequest, HealthRequest, HealthResponse,
-    ProcessRequest, ReadStreamRequest, ResizeTerminalRequest, SignalProcessRequest,
+    PodNamespaces, ProcessRequest, ReadStreamRequest, ResizeTerminalRequest, SignalProcessRequest,
     UpdateContainerRequest, WriteStdinRequest,
 };
 use crate::connect::{hybrid_vsock_connect, ConnectError};
@@ -55,9 +55,16 @@ pub trait AgentApi: Send + Sync {
     fn create_sandbox(&self, req: &CreateSandboxRequest) -> Result<(), AgentError>;
     /// Kills every container and powers the VM off.
     fn destroy_sandbox(&self) -> Result<(), AgentError>;
-    /// Creates a container from an OCI spec (JSON; empty reads the bundle's config.json).
-    /// Returns the pid of its init process, which waits for [`AgentApi::start_container`].
-    fn create_container(&self, id: &str, spec_json: &[u8]) -> Result<u32, AgentError>;
+    /// Creates a container from an OCI spec (JSON; empty reads the bundle's config.json),
+    /// joining the namespaces `pod` names of its pod's sandbox container (`None`: a
+    /// standalone container or the sandbox itself). Returns the pid of its init process,
+    /// which waits for [`AgentApi::start_container`].
+    fn create_container(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        pod: Option<&PodNamespaces>,
+    ) -> Result<u32, AgentError>;
     /// Lets the container's init process exec its program.
     fn start_container(&self, id: &str) -> Result<(), AgentError>;
     /// Kills whatever is left of the container and removes all traces of it.
@@ -223,10 +230,16 @@ impl AgentApi for AgentClient {
             .map_err(|e| AgentError::from_ttrpc("DestroySandbox", e))
     }
 
-    fn create_container(&self, id: &str, spec_json: &[u8]) -> Result<u32, AgentError> {
+    fn create_container(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        pod: Option<&PodNamespaces>,
+    ) -> Result<u32, AgentError> {
         let req = CreateContainerRequest {
             container_id: id.to_string(),
             spec_json: spec_json.to_vec(),
+            pod_namespaces: pod.cloned().into(),
             ..Default::default()
         };
         self.inner

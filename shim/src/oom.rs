@@ -173,7 +173,9 @@ mod tests {
         let events = Arc::new(Recorder::default());
         let m = OomMonitor::start(source.clone(), events.clone(), Duration::from_millis(200))
             .expect("start");
-        wait_until("the monitor's first poll", || source.0.load(Ordering::SeqCst));
+        wait_until("the monitor's first poll", || {
+            source.0.load(Ordering::SeqCst)
+        });
         drop(m);
         // The thread's reference to the source goes when it returns: after that, nothing
         // more can be published.

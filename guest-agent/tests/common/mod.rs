@@ -90,7 +90,7 @@ impl Agent {
         self.bundle(id);
         let pid = self
             .client
-            .create_container(id, spec.to_string().as_bytes())
+            .create_container(id, spec.to_string().as_bytes(), None)
             .expect("create");
         self.client.start_container(id).expect("start");
         pid

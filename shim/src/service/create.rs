@@ -70,7 +70,7 @@ impl TaskService {
             .sandbox_for(&role, &task.id, size, &prepare_share)
             .map_err(discard)?;
         let agent = vm.agent();
-        let pid = agent.create_container(&task.id, &json).map_err(|e| {
+        let pid = agent.create_container(&task.id, &json, None).map_err(|e| {
             tracing::warn!(
                 "create {} in the guest failed: {e}; host view of the rootfs: {} entries\n{}",
                 task.id,

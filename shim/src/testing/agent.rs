@@ -263,7 +263,12 @@ impl AgentApi for FakeAgent {
     fn destroy_sandbox(&self) -> Result<(), AgentError> {
         self.call(Rpc::DestroySandbox, "", "").map(drop)
     }
-    fn create_container(&self, id: &str, _: &[u8]) -> Result<u32, AgentError> {
+    fn create_container(
+        &self,
+        id: &str,
+        _: &[u8],
+        _: Option<&husk_protocol::agent::PodNamespaces>,
+    ) -> Result<u32, AgentError> {
         self.pid_for(Rpc::CreateContainer, id, "")
     }
     fn start_container(&self, id: &str) -> Result<(), AgentError> {
