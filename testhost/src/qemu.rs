@@ -224,10 +224,14 @@ impl TestHost {
         let mut exit_code = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            // The boot prints nothing (quiet), so silence counts from the first line on.
+            // The boot prints nothing (quiet), but the command's heartbeat starts within
+            // seconds of it: a host silent for the whole limit from QEMU's start hung in
+            // its boot (seen with a busy machine), which is a wedge too.
             let wait = match seen_output {
                 true => left.min(self.config.silence_limit),
-                false => left,
+                false => deadline
+                    .min(started + self.config.silence_limit)
+                    .saturating_duration_since(Instant::now()),
             };
             match rx.recv_timeout(wait) {
                 Ok(line) => {
