@@ -156,8 +156,19 @@ mod tests {
         .expect("member");
         assert_eq!(member.pod_id("c1"), "pod1");
         assert_eq!(PodRole::Sandbox.pod_id("pod1"), "pod1");
-        assert!(PodRole::from_annotations(&map(&[(CRI_CONTAINER_TYPE, "container")])).is_err());
-        assert!(PodRole::from_annotations(&map(&[(CRI_CONTAINER_TYPE, "vm")])).is_err());
+        assert_eq!(
+            PodRole::from_annotations(&map(&[(CRI_CONTAINER_TYPE, "container")])),
+            Err(AnnotationError::Invalid {
+                key: CRI_SANDBOX_ID,
+                value: String::new(),
+                message: "a CRI container needs its sandbox id".into(),
+            })
+        );
+        assert!(matches!(
+            PodRole::from_annotations(&map(&[(CRI_CONTAINER_TYPE, "vm")])),
+            Err(AnnotationError::Invalid { key: CRI_CONTAINER_TYPE, ref value, .. })
+                if value == "vm"
+        ));
     }
 
     #[test]
@@ -173,16 +184,30 @@ mod tests {
     #[test]
     fn bad_sizes_are_named_in_the_error() {
         let c = Config::default();
-        for (k, v) in [
-            (HUSK_VCPUS, "0"),
-            (HUSK_VCPUS, "lots"),
-            (HUSK_VCPUS, "65"),
-            (HUSK_MEMORY_MIB, "1"),
-            (HUSK_MEMORY_MIB, "-5"),
+        let range = |lo: &dyn std::fmt::Display, hi: &dyn std::fmt::Display| {
+            format!("must be in {lo}..={hi}")
+        };
+        let vcpus = range(&1, &MAX_VCPUS);
+        let memory = range(&MIN_MEMORY_MIB, &MAX_MEMORY_MIB);
+        for (k, v, why) in [
+            (HUSK_VCPUS, "0", vcpus.as_str()),
+            (HUSK_VCPUS, "lots", "not a number"),
+            (HUSK_VCPUS, "65", vcpus.as_str()),
+            (HUSK_MEMORY_MIB, "1", memory.as_str()),
+            (HUSK_MEMORY_MIB, "-5", "not a number"),
         ] {
             let err = VmSize::from_annotations(&c, &map(&[(k, v)])).expect_err(v);
             let text = err.to_string();
             assert!(text.contains(k) && text.contains(v), "{text}");
+            assert_eq!(
+                err,
+                AnnotationError::Invalid {
+                    key: k,
+                    value: v.to_string(),
+                    message: why.to_string(),
+                },
+                "{k}={v}"
+            );
         }
     }
 }

@@ -264,17 +264,18 @@ mod tests {
             Config::parse("kernal = \"/k\"", p),
             Err(ConfigError::Parse { .. })
         ));
-        for bad in [
-            "vcpus = 0",
-            "vcpus = 65",
-            "memory_mib = 8",
-            "state_dir = \"rel\"",
-            "log_level = \"loud\"",
-            "boot_timeout_secs = 0",
+        for (bad, key) in [
+            ("vcpus = 0", "vcpus"),
+            ("vcpus = 65", "vcpus"),
+            ("memory_mib = 8", "memory_mib"),
+            ("state_dir = \"rel\"", "state_dir"),
+            ("log_level = \"loud\"", "log_level"),
+            ("boot_timeout_secs = 0", "boot_timeout_secs"),
         ] {
+            let r = Config::parse(bad, p);
             assert!(
-                matches!(Config::parse(bad, p), Err(ConfigError::Invalid { .. })),
-                "{bad}"
+                matches!(r, Err(ConfigError::Invalid { key: k, .. }) if k == key),
+                "{bad}: {r:?}"
             );
         }
     }

@@ -378,7 +378,11 @@ mod tests {
         ));
         let mut r = create_req();
         r.bundle = "rel".into();
-        assert!(CreateTask::try_from(&r).is_err());
+        assert!(matches!(
+            CreateTask::try_from(&r),
+            Err(ConvertError::Invalid { field: "bundle", ref message })
+                if message.contains("not an absolute path")
+        ));
         let mut r = create_req();
         r.checkpoint = "/cp".into();
         let err = CreateTask::try_from(&r).expect_err("checkpoint");
@@ -407,11 +411,27 @@ mod tests {
         let p = r#"{"args":["ps"],"cwd":"/","user":{"uid":0,"gid":0}}"#;
         let e = ExecTask::try_from(&exec_req(p, false)).expect("ok");
         assert_eq!(e.process_json, p.as_bytes());
-        assert!(ExecTask::try_from(&exec_req(p, true)).is_err());
-        assert!(ExecTask::try_from(&exec_req("not json", false)).is_err());
+        assert!(matches!(
+            ExecTask::try_from(&exec_req(p, true)),
+            Err(ConvertError::Invalid {
+                field: "terminal",
+                ..
+            })
+        ));
+        assert!(matches!(
+            ExecTask::try_from(&exec_req("not json", false)),
+            Err(ConvertError::Invalid { field: "spec", ref message })
+                if message.starts_with("not an OCI process")
+        ));
         let mut r = exec_req(p, false);
         r.spec = MessageField::none();
-        assert!(ExecTask::try_from(&r).is_err());
+        assert_eq!(
+            ExecTask::try_from(&r),
+            Err(ConvertError::Invalid {
+                field: "spec",
+                message: "exec without a process spec".into()
+            })
+        );
     }
 
     #[test]
@@ -422,8 +442,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(KillTask::try_from(&req(15)).expect("ok").signal, 15);
-        assert!(KillTask::try_from(&req(0)).is_err());
-        assert!(KillTask::try_from(&req(65)).is_err());
+        for bad in [0, MAX_SIGNAL + 1] {
+            assert_eq!(
+                KillTask::try_from(&req(bad)),
+                Err(ConvertError::Invalid {
+                    field: "signal",
+                    message: format!("{bad} is not in 1..={MAX_SIGNAL}")
+                }),
+                "signal {bad}"
+            );
+        }
     }
 
     #[test]

@@ -267,7 +267,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = dir.path().join("t");
         let err = mount_rootfs(&[], &dir.path().join("rootfs"), &target).expect_err("missing");
-        assert!(matches!(err, MountError::MissingRootfs(_)));
+        assert!(
+            matches!(err, MountError::MissingRootfs(ref p) if p == &dir.path().join("rootfs")),
+            "{err}"
+        );
         assert!(!target.exists(), "nothing is created for a missing rootfs");
         assert!(err.to_string().contains("rootfs"), "{err}");
         let two = RootfsMount {

@@ -126,6 +126,12 @@ mod tests {
         });
         assert_eq!(p.wait(), (7, SystemTime::UNIX_EPOCH));
         t.join().expect("join");
-        assert!(p.transition(ProcState::start).is_err());
+        assert_eq!(
+            p.transition(ProcState::start),
+            Err(StateError {
+                action: "start",
+                state: "stopped"
+            })
+        );
     }
 }

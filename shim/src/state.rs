@@ -149,12 +149,25 @@ mod tests {
     fn wrong_transitions_are_refused() {
         let e = ProcState::Running.start().expect_err("double start");
         assert_eq!(e.to_string(), "cannot start a process that is running");
-        assert!(ProcState::Created.pause().is_err());
-        assert!(ProcState::Running.resume().is_err());
-        assert!(ProcState::Running.check_delete().is_err());
-        assert!(ProcState::Paused.check_delete().is_err());
+        let refused = |action, state| Err(StateError { action, state });
+        assert_eq!(ProcState::Created.pause(), refused("pause", "created"));
+        assert_eq!(ProcState::Running.resume(), refused("resume", "running"));
+        assert_eq!(
+            ProcState::Running.check_delete(),
+            Err(StateError {
+                action: "delete",
+                state: "running"
+            })
+        );
+        assert_eq!(
+            ProcState::Paused.check_delete(),
+            Err(StateError {
+                action: "delete",
+                state: "paused"
+            })
+        );
         let stopped = ProcState::Created.exit(0, SystemTime::now());
-        assert!(stopped.start().is_err());
+        assert_eq!(stopped.start(), refused("start", "stopped"));
         assert!(ProcState::Created.check_delete().is_ok());
     }
 

@@ -55,14 +55,25 @@ mod tests {
 
     #[test]
     fn per_field_flags_and_missing_config_are_refused() {
-        assert!(parse([]).is_err());
-        assert!(parse(["--kernel".into(), "/k".into()]).is_err());
-        assert!(parse([
-            "--config".into(),
-            "/c".into(),
-            "--vsock-socket".into(),
-            "/v".into()
-        ])
-        .is_err());
+        use clap::error::ErrorKind;
+        let err = parse([]).expect_err("no --config");
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument, "{err}");
+        assert!(err.to_string().contains("--config"), "{err}");
+        for (args, flag) in [
+            (vec!["--kernel".into(), "/k".into()], "--kernel"),
+            (
+                vec![
+                    "--config".into(),
+                    "/c".into(),
+                    "--vsock-socket".into(),
+                    "/v".into(),
+                ],
+                "--vsock-socket",
+            ),
+        ] {
+            let err = parse(args).expect_err(flag);
+            assert_eq!(err.kind(), ErrorKind::UnknownArgument, "{flag}: {err}");
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
     }
 }

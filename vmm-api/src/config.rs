@@ -441,17 +441,27 @@ mod tests {
         cfg.write_json_file(&p).unwrap();
         assert_eq!(VmConfig::from_json_file(&p).unwrap(), cfg);
 
-        for bad in [
-            r#"{"kernel": "/x", "bogus": 1}"#,
-            r#"{"kernel": "/x", "vsock": {"socket": "/v", "guest_cid": 3, "port": 1}}"#,
-            r#"{"kernel": "/x", "fs": [{"socket": "/f", "tag": "t", "cache": "none"}]}"#,
-            r#"{"kernel": "/x", "serial": "printer"}"#,
-            "not json",
+        for (bad, why) in [
+            (r#"{"kernel": "/x", "bogus": 1}"#, "unknown field `bogus`"),
+            (
+                r#"{"kernel": "/x", "vsock": {"socket": "/v", "guest_cid": 3, "port": 1}}"#,
+                "unknown field `port`",
+            ),
+            (
+                r#"{"kernel": "/x", "fs": [{"socket": "/f", "tag": "t", "cache": "none"}]}"#,
+                "unknown field `cache`",
+            ),
+            (
+                r#"{"kernel": "/x", "serial": "printer"}"#,
+                "unknown variant `printer`",
+            ),
+            ("not json", "expected ident"),
         ] {
             std::fs::write(&p, bad).unwrap();
+            let r = VmConfig::from_json_file(&p);
             assert!(
-                matches!(VmConfig::from_json_file(&p), Err(ConfigError::File(..))),
-                "{bad}"
+                matches!(&r, Err(ConfigError::File(f, m)) if *f == p && m.contains(why)),
+                "{bad}: {r:?}"
             );
         }
     }

@@ -273,8 +273,23 @@ mod tests {
             }),
             "{\"v\":1,\"reply\":\"state\",\"state\":\"paused\"}\n"
         );
-        assert!(decode_response(r#"{"v":1,"reply":"bogus"}"#).is_err());
-        assert!(decode_response(r#"{"v":1,"reply":"state","state":"asleep"}"#).is_err());
-        assert!(decode_response("garbage").is_err());
+        use serde_json::error::Category;
+        for (line, category, why) in [
+            (
+                r#"{"v":1,"reply":"bogus"}"#,
+                Category::Data,
+                "unknown variant `bogus`",
+            ),
+            (
+                r#"{"v":1,"reply":"state","state":"asleep"}"#,
+                Category::Data,
+                "unknown variant `asleep`",
+            ),
+            ("garbage", Category::Syntax, "expected value"),
+        ] {
+            let err = decode_response(line).expect_err(line);
+            assert_eq!(err.classify(), category, "{line}: {err}");
+            assert!(err.to_string().contains(why), "{line}: {err}");
+        }
     }
 }

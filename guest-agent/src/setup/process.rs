@@ -210,8 +210,18 @@ mod tests {
         let env = vec!["PATH=/nonexistent:/bin".to_string()];
         let found = find_program("sh", &env).expect("sh in /bin");
         assert_eq!(found, PathBuf::from("/bin/sh"));
-        assert!(find_program("no-such-program-here", &env).is_err());
-        assert!(find_program("/bin/sh", &[]).is_ok());
-        assert!(find_program("/etc/hostname-nope", &[]).is_err());
+        assert!(matches!(
+            find_program("no-such-program-here", &env),
+            Err(SetupError::Invalid(m))
+                if m == "no-such-program-here: executable file not found in $PATH"
+        ));
+        assert_eq!(
+            find_program("/bin/sh", &[]).expect("absolute"),
+            PathBuf::from("/bin/sh")
+        );
+        assert!(matches!(
+            find_program("/etc/hostname-nope", &[]),
+            Err(SetupError::Invalid(m)) if m == "/etc/hostname-nope: no such executable"
+        ));
     }
 }

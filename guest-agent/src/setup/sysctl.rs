@@ -34,7 +34,12 @@ mod tests {
             path_of("net.ipv4.ip_forward").expect("path"),
             PathBuf::from("/proc/sys/net/ipv4/ip_forward")
         );
-        assert!(path_of("../../etc/passwd").is_err());
-        assert!(path_of("kernel/x").is_err());
+        for bad in ["../../etc/passwd", "kernel/x", ""] {
+            let err = path_of(bad).expect_err(bad);
+            assert!(
+                matches!(&err, SetupError::Invalid(m) if *m == format!("sysctl {bad:?}")),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

@@ -205,7 +205,12 @@ mod tests {
             .unwrap();
         assert_eq!(&buf[..len], husk_vmm_api::BASE_CMDLINE.as_bytes());
         assert_eq!(buf[len], 0);
-        assert!(load_command_line(&mem, &"x".repeat(CMDLINE_MAX_SIZE + 1)).is_err());
+        let r = load_command_line(&mem, &"x".repeat(CMDLINE_MAX_SIZE + 1));
+        assert!(
+            matches!(&r, Err(BootError::Cmdline(m))
+                if *m == linux_loader::cmdline::Error::InvalidCapacity.to_string()),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -214,6 +219,27 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap();
         use std::io::Write;
         f.write_all(b"not an elf file at all").unwrap();
-        assert!(load_kernel(&mem, &mut f).is_err());
+        let r = load_kernel(&mem, &mut f);
+        assert!(
+            matches!(
+                &r,
+                Err(BootError::Kernel(linux_loader::loader::Error::Elf(
+                    linux_loader::loader::elf::Error::ReadElfHeader
+                )))
+            ),
+            "too short for an ELF header: {r:?}"
+        );
+        // Long enough for a header, but without the ELF magic.
+        f.write_all(&[b'x'; 128]).unwrap();
+        let r = load_kernel(&mem, &mut f);
+        assert!(
+            matches!(
+                &r,
+                Err(BootError::Kernel(linux_loader::loader::Error::Elf(
+                    linux_loader::loader::elf::Error::InvalidElfMagicNumber
+                )))
+            ),
+            "no ELF magic: {r:?}"
+        );
     }
 }

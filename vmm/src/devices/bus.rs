@@ -111,9 +111,13 @@ mod tests {
         let mut bus = Bus::new();
         let d: SharedDevice = Arc::new(Mutex::new(Rec(vec![])));
         bus.insert(d.clone(), 0x100, 0x10).unwrap();
-        assert!(bus.insert(d.clone(), 0x108, 0x10).is_err());
-        assert!(bus.insert(d.clone(), 0xf8, 0x10).is_err());
-        assert!(bus.insert(d.clone(), 0x200, 0).is_err());
+        for (base, len) in [(0x108, 0x10), (0xf8, 0x10), (0x200, 0)] {
+            let r = bus.insert(d.clone(), base, len);
+            assert!(
+                matches!(r, Err(BusError::Overlap { base: b, len: l }) if (b, l) == (base, len)),
+                "{base:#x}+{len:#x}: {r:?}"
+            );
+        }
         bus.insert(d.clone(), 0x110, 0x10).unwrap();
         let mut b = [0u8; 2];
         assert!(bus.read(0x105, &mut b));
