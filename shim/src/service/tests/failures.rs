@@ -185,7 +185,8 @@ fn calls_for_unknown_ids_are_not_found() {
         ..Default::default()
     });
     assert!(is_not_found(update), "update");
-    assert!(h.svc.do_pause("nope", true).is_err());
+    assert!(is_not_found(h.svc.do_pause("nope", true)), "pause");
+    assert!(is_not_found(h.svc.do_pause("nope", false)), "resume");
     assert_eq!(h.svc.task_pid("nope"), 0);
     let asked: Vec<Rpc> = h.agent.calls().iter().map(|c| c.rpc).collect();
     assert!(
