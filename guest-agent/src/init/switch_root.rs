@@ -3,7 +3,7 @@
 //! want pivot_root.
 //!
 //! The agent binary itself is neither copied nor deleted: copying megabytes is the
-//! slowest part of a boot under emulation, and the running agent keeps reaching its own
+//! slowest part of a boot (it touches every page twice), and the running agent keeps reaching its own
 //! image through `/proc/self/exe` (which is how it starts setup processes) even once the
 //! initramfs is hidden below the new root. Everything else is copied and then freed.
 

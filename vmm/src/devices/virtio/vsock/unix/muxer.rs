@@ -30,8 +30,9 @@ const MAX_HANDSHAKES: usize = 64;
 /// Limit on live connections.
 const MAX_CONNECTIONS: usize = 1024;
 /// How long a host stream may take to send `CONNECT`, and the guest to answer
-/// the connection request. Generous, because a guest under nested emulation
-/// can stall for seconds; a guest with nothing listening answers at once (RST).
+/// the connection request. Generous, because the vCPUs of a guest on an
+/// overcommitted host can stall for seconds; a guest with nothing listening
+/// answers at once (RST).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// (host port, guest port).
