@@ -59,6 +59,25 @@ pub const REQUIRED: &[&str] = &[
     "FUTEX",
     "FILE_LOCKING",
     "MULTIUSER",
+    // What privileged and NET_ADMIN containers of a pod expect of the kernel, as
+    // under runc: virtual links, IPv6, and iptables through both nf_tables
+    // (iptables-nft) and the legacy tables (iptables-legacy).
+    "IPV6",
+    "BRIDGE",
+    "VETH",
+    "TUN",
+    "NF_CONNTRACK",
+    "NF_NAT",
+    "NF_TABLES",
+    "NFT_NAT",
+    "NFT_COMPAT",
+    "NETFILTER_XT_NAT",
+    "NETFILTER_XT_TARGET_REDIRECT",
+    "NETFILTER_XT_MATCH_CONNTRACK",
+    "IP_NF_IPTABLES",
+    "IP_NF_NAT",
+    "IP6_NF_IPTABLES",
+    "IP6_NF_NAT",
 ];
 
 /// Options that must stay off: the guest has no ACPI, no PCI and no modules.

@@ -3,8 +3,8 @@
 //!
 //! Modules, one concern each:
 //! - [`config`], [`annotations`]: configuration file and per-pod annotations;
-//! - [`convert`], [`state`], [`spec`]: pure request/response conversions, the process state
-//!   machine and the guest's OCI spec;
+//! - [`convert`], [`state`], [`spec`], [`namespaces`]: pure request/response conversions,
+//!   the process state machine, the guest's OCI spec and its namespaces;
 //! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`sandbox`]: the pod VM;
 //! - [`pod`]: the seam between the Task service and the pod VM's host side;
 //! - [`stdio`], [`events`], [`oom`], [`process`], [`service`]: the Task service;
@@ -18,6 +18,7 @@ pub mod convert;
 pub mod error;
 pub mod events;
 pub mod mounts;
+pub mod namespaces;
 pub mod oom;
 pub mod pod;
 pub mod process;

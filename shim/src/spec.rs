@@ -4,14 +4,20 @@
 //! - `root.path` becomes `rootfs`, which the agent resolves inside the pod share as
 //!   `<share>/<container-id>/rootfs`, where the shim mounted the container's rootfs.
 //! - Namespace paths are host paths (`/proc/<pid>/ns/net`, `/var/run/netns/...`) that mean
-//!   nothing in the guest: the container gets new namespaces of those types instead.
+//!   nothing in the guest: a pod member joins its sandbox container's namespaces instead,
+//!   other containers get new ones ([`crate::namespaces`]). A spec that asks for the host's
+//!   network, pid or ipc namespace is refused.
 //! - Bind mounts of host files and directories (CRI's `/etc/hosts`, `/etc/resolv.conf`,
 //!   `ctr run --mount`) are shared with the guest through the pod share: the shim binds
 //!   each source to `<share>/<container-id>/mounts/<n>` and the spec names the guest path.
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespace, Mount, Spec};
+use husk_protocol::agent::PodNamespaces;
+use oci_spec::runtime::{Mount, Spec};
+
+use crate::annotations::PodRole;
+use crate::namespaces::{self, HostNamespaces};
 
 /// Where the agent mounts the pod share in the guest.
 pub const GUEST_SHARE: &str = "/run/husk/shared";
@@ -40,6 +46,9 @@ pub enum SpecError {
     /// The spec lacks something the shim needs.
     #[error("spec: {0}")]
     Invalid(String),
+    /// The spec asks for namespaces of the host, which a VM cannot share.
+    #[error(transparent)]
+    HostNamespaces(#[from] HostNamespaces),
 }
 
 /// Reads `<bundle>/config.json`.
@@ -77,28 +86,29 @@ fn is_bind(m: &Mount) -> bool {
             .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
 }
 
-/// The guest spec for container `id`, and the host paths the shim must bind into the share
-/// for it.
-pub fn guest_spec(mut spec: Spec, id: &str) -> Result<(Spec, Vec<HostBind>), SpecError> {
+/// What the agent gets to create a container, and what the shim must share for it.
+#[derive(Debug)]
+pub struct GuestSpec {
+    /// The spec the agent runs.
+    pub spec: Spec,
+    /// Host paths the shim binds into the share.
+    pub binds: Vec<HostBind>,
+    /// The sandbox container's namespaces a pod member joins.
+    pub pod: Option<PodNamespaces>,
+}
+
+/// The guest spec for container `id` of a pod in `role`. Refuses a spec that asks for the
+/// host's namespaces: checked here, before any VM is started for it.
+pub fn guest_spec(mut spec: Spec, id: &str, role: &PodRole) -> Result<GuestSpec, SpecError> {
     if spec.process().is_none() {
         return Err(SpecError::Invalid("no process".into()));
     }
+    namespaces::refuse_host_namespaces(&spec)?;
     let mut root = spec.root().clone().unwrap_or_default();
     root.set_path(PathBuf::from("rootfs"));
     spec.set_root(Some(root));
 
-    if let Some(linux) = spec.linux_mut() {
-        if let Some(nss) = linux.namespaces().clone() {
-            let nss: Vec<LinuxNamespace> = nss
-                .into_iter()
-                .map(|mut ns| {
-                    ns.set_path(None);
-                    ns
-                })
-                .collect();
-            linux.set_namespaces(Some(nss));
-        }
-    }
+    let pod = namespaces::guest_namespaces(&mut spec, role);
 
     let mut binds = Vec::new();
     if let Some(mounts) = spec.mounts().clone() {
@@ -120,7 +130,7 @@ pub fn guest_spec(mut spec: Spec, id: &str) -> Result<(Spec, Vec<HostBind>), Spe
         }
         spec.set_mounts(Some(out));
     }
-    Ok((spec, binds))
+    Ok(GuestSpec { spec, binds, pod })
 }
 
 #[cfg(test)]
@@ -144,6 +154,7 @@ mod tests {
             ],
             "linux": {"namespaces": [
                 {"type": "pid"},
+                {"type": "ipc"},
                 {"type": "network", "path": "/var/run/netns/cni-1"}
             ]}
         })
@@ -151,7 +162,9 @@ mod tests {
 
     #[test]
     fn root_becomes_relative_and_keeps_readonly() {
-        let (s, _) = guest_spec(spec(base()), "c1").expect("guest");
+        let s = guest_spec(spec(base()), "c1", &PodRole::Sandbox)
+            .expect("guest")
+            .spec;
         let root = s.root().as_ref().expect("root");
         assert_eq!(root.path(), Path::new("rootfs"));
         assert_eq!(root.readonly(), Some(true));
@@ -174,16 +187,47 @@ mod tests {
 
     #[test]
     fn namespace_paths_are_dropped_types_kept() {
-        let (s, _) = guest_spec(spec(base()), "c1").expect("guest");
+        let s = guest_spec(spec(base()), "c1", &PodRole::Sandbox)
+            .expect("guest")
+            .spec;
         let nss = s.linux().as_ref().and_then(|l| l.namespaces().clone());
         let nss = nss.expect("namespaces");
-        assert_eq!(nss.len(), 2);
+        assert_eq!(nss.len(), 3);
         assert!(nss.iter().all(|n| n.path().is_none()));
     }
 
     #[test]
+    fn a_member_joins_the_sandbox_and_no_host_path_remains() {
+        let mut v = base();
+        v["linux"]["namespaces"] = json!([
+            {"type": "pid"},
+            {"type": "ipc", "path": "/proc/42/ns/ipc"},
+            {"type": "network", "path": "/proc/42/ns/net"}
+        ]);
+        let member = PodRole::Member {
+            sandbox_id: "pod1".into(),
+        };
+        let g = guest_spec(spec(v), "c1", &member).expect("guest");
+        let pod = g.pod.expect("pod namespaces");
+        assert_eq!(pod.sandbox_id, "pod1");
+        assert_eq!(pod.types, ["ipc", "network"]);
+        let text = serde_json::to_string(&g.spec).expect("json");
+        assert!(!text.contains("/proc/42"), "{text}");
+    }
+
+    #[test]
+    fn a_spec_sharing_the_hosts_network_is_refused() {
+        let mut v = base();
+        v["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "ipc"}]);
+        let err = guest_spec(spec(v), "c1", &PodRole::Standalone).expect_err("host network");
+        assert!(matches!(err, SpecError::HostNamespaces(_)), "{err:?}");
+        assert!(err.to_string().contains("(hostNetwork)"), "{err}");
+    }
+
+    #[test]
     fn host_binds_move_into_the_share() {
-        let (s, binds) = guest_spec(spec(base()), "c1").expect("guest");
+        let GuestSpec { spec: s, binds, .. } =
+            guest_spec(spec(base()), "c1", &PodRole::Standalone).expect("guest");
         assert_eq!(
             binds,
             vec![
@@ -211,7 +255,12 @@ mod tests {
 
     #[test]
     fn spec_without_process_is_refused() {
-        let err = guest_spec(spec(json!({"ociVersion": "1.0.2"})), "c1").expect_err("none");
+        let err = guest_spec(
+            spec(json!({"ociVersion": "1.0.2"})),
+            "c1",
+            &PodRole::Standalone,
+        )
+        .expect_err("none");
         assert!(err.to_string().contains("no process"), "{err}");
     }
 }

@@ -43,7 +43,11 @@ impl TaskService {
             // Checked before a VM is started for it.
             return Err(mounts::MountError::MissingRootfs(root).into());
         }
-        let (guest, binds) = spec::guest_spec(oci, &task.id)?;
+        let spec::GuestSpec {
+            spec: guest,
+            binds,
+            pod: pod_namespaces,
+        } = spec::guest_spec(oci, &task.id, &role)?;
         let json = serde_json::to_vec(&guest)
             .map_err(|e| ShimError::Internal(format!("encode spec: {e}")))?;
 
@@ -70,19 +74,21 @@ impl TaskService {
             .sandbox_for(&role, &task.id, size, &prepare_share)
             .map_err(discard)?;
         let agent = vm.agent();
-        let pid = agent.create_container(&task.id, &json, None).map_err(|e| {
-            tracing::warn!(
-                "create {} in the guest failed: {e}; host view of the rootfs: {} entries\n{}",
-                task.id,
-                std::fs::read_dir(cdir.join("rootfs")).map_or(0, |d| d.count()),
-                vm.diagnostics()
-            );
-            mounts::remove_tree(&cdir);
-            if started_here && self.containers().is_empty() {
-                self.destroy_pod();
-            }
-            ShimError::from(e)
-        })?;
+        let pid = agent
+            .create_container(&task.id, &json, pod_namespaces.as_ref())
+            .map_err(|e| {
+                tracing::warn!(
+                    "create {} in the guest failed: {e}; host view of the rootfs: {} entries\n{}",
+                    task.id,
+                    std::fs::read_dir(cdir.join("rootfs")).map_or(0, |d| d.count()),
+                    vm.diagnostics()
+                );
+                mounts::remove_tree(&cdir);
+                if started_here && self.containers().is_empty() {
+                    self.destroy_pod();
+                }
+                ShimError::from(e)
+            })?;
 
         let init = Arc::new(Process::new(&task.id, "", task.stdio.clone(), Vec::new()));
         init.set_pid(pid);

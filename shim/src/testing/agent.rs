@@ -5,7 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use husk_protocol::agent::{ContainerStatsResponse, CreateSandboxRequest, HealthResponse};
+use husk_protocol::agent::{
+    ContainerStatsResponse, CreateSandboxRequest, HealthResponse, PodNamespaces,
+};
 use husk_protocol::{AgentApi, AgentError, ErrorKind, WaitStatus};
 
 /// The agent's RPCs.
@@ -115,6 +117,7 @@ struct Script {
     stdout: VecDeque<Vec<u8>>,
     stdin: Vec<u8>,
     stdin_closed: bool,
+    pod_namespaces: HashMap<String, Option<PodNamespaces>>,
 }
 
 /// A scriptable agent: hands out pids, fails chosen calls, blocks `WaitProcess` until the
@@ -195,6 +198,12 @@ impl FakeAgent {
         self.script().calls.clone()
     }
 
+    /// The pod namespaces `CreateContainer` of container `id` named (outer `None`: no
+    /// such call).
+    pub fn pod_namespaces(&self, id: &str) -> Option<Option<PodNamespaces>> {
+        self.script().pod_namespaces.get(id).cloned()
+    }
+
     /// The calls of one RPC as `(id, exec_id)`.
     pub fn calls_of(&self, rpc: Rpc) -> Vec<(String, String)> {
         self.calls()
@@ -267,8 +276,11 @@ impl AgentApi for FakeAgent {
         &self,
         id: &str,
         _: &[u8],
-        _: Option<&husk_protocol::agent::PodNamespaces>,
+        pod: Option<&PodNamespaces>,
     ) -> Result<u32, AgentError> {
+        self.script()
+            .pod_namespaces
+            .insert(id.to_string(), pod.cloned());
         self.pid_for(Rpc::CreateContainer, id, "")
     }
     fn start_container(&self, id: &str) -> Result<(), AgentError> {

@@ -4,6 +4,7 @@
 
 mod failures;
 mod lifecycle;
+mod namespaces;
 
 use husk_lock::MutexExt;
 use std::path::PathBuf;
@@ -70,8 +71,23 @@ impl Harness {
         SandboxPaths::new(&self.dir.path().join("state"), NS, pod_id)
     }
 
-    /// A bundle for container `id` with a rootfs directory and `annotations`.
+    /// A bundle for container `id` with a rootfs directory and `annotations`, whose
+    /// namespaces are all its own (none from the host, no paths).
     fn bundle(&self, id: &str, annotations: serde_json::Value) -> PathBuf {
+        let own = json!([
+            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+            {"type": "network"}
+        ]);
+        self.bundle_with(id, annotations, own)
+    }
+
+    /// A bundle for container `id` with these `linux.namespaces`.
+    fn bundle_with(
+        &self,
+        id: &str,
+        annotations: serde_json::Value,
+        namespaces: serde_json::Value,
+    ) -> PathBuf {
         let bundle = self.dir.path().join("bundles").join(id);
         std::fs::create_dir_all(bundle.join("rootfs")).expect("rootfs");
         let spec = json!({
@@ -79,7 +95,7 @@ impl Harness {
             "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
             "root": {"path": "rootfs"},
             "annotations": annotations,
-            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+            "linux": {"namespaces": namespaces}
         });
         std::fs::write(bundle.join("config.json"), spec.to_string()).expect("config.json");
         bundle
@@ -91,6 +107,14 @@ impl Harness {
         annotations: serde_json::Value,
     ) -> Result<CreateTaskResponse, ShimError> {
         let bundle = self.bundle(id, annotations);
+        self.create_bundle(id, &bundle)
+    }
+
+    fn create_bundle(
+        &self,
+        id: &str,
+        bundle: &std::path::Path,
+    ) -> Result<CreateTaskResponse, ShimError> {
         self.svc.do_create(&CreateTaskRequest {
             id: id.into(),
             bundle: bundle.display().to_string(),
