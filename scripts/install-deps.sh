@@ -11,8 +11,9 @@ packages=(
     linux-source-6.12 make gcc flex bison bc libelf-dev libssl-dev xz-utils
     # the nested-KVM test host (QEMU TCG, Debian's cloud kernel via apt-get download)
     qemu-system-x86 kmod
-    # guest and container tooling: busybox for test images, containerd, runc, CNI
-    busybox-static containerd runc containernetworking-plugins
+    # guest and container tooling: busybox for test images, containerd, runc, CNI,
+    # iptables (the CRI tests' image of a privileged container)
+    busybox-static containerd runc containernetworking-plugins iptables
     # virtiofsd (built from crates.io) and the agent's seccomp support
     libseccomp-dev libcap-ng-dev pkg-config
     # ttrpc code generation

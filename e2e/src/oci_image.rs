@@ -7,11 +7,37 @@ use serde_json::json;
 
 use crate::cmd::sh;
 
-/// Applets linked to busybox in the test image.
+/// Applets linked to busybox in the test image (all in Debian's busybox-static 1.35;
+/// it has no `ipcmk`/`ipcs` and no iptables).
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "echo", "cat", "uname", "sleep", "true", "false", "ls", "head", "wc", "ps", "cut", "dd",
-    "stty", "tr", "grep", "mkdir", "rm", "env", "id", "kill",
+    "stty", "tr", "grep", "mkdir", "rm", "env", "id", "kill", "top", "hostname", "readlink",
+    "mount", "umount", "nc", "brctl", "ip", "touch", "test", "tail", "sysctl",
 ];
+
+/// The dynamic loader of x86_64 glibc. `LOADER --list EXE` prints what `ldd EXE` prints,
+/// and works where there is no `ldd` script (the test host's busybox initramfs).
+pub const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+
+/// iptables' two multi-call binaries (Debian's `iptables` package), each with the names it
+/// answers to.
+pub const XTABLES: &[(&str, &[&str])] = &[
+    (
+        "/usr/sbin/xtables-legacy-multi",
+        &[
+            "iptables-legacy",
+            "iptables-legacy-save",
+            "iptables-legacy-restore",
+        ],
+    ),
+    (
+        "/usr/sbin/xtables-nft-multi",
+        &["iptables-nft", "iptables-nft-save", "iptables-nft-restore"],
+    ),
+];
+
+/// Where iptables loads its extensions (`libxt_tcp.so`, `libxt_REDIRECT.so`, ...) from.
+pub const XTABLES_EXTENSIONS: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
 /// An image to build: a root filesystem directory and its config.
 #[derive(Debug, Clone)]
@@ -55,6 +81,99 @@ pub fn busybox_rootfs(rootfs: &Path, busybox: &Path) {
     }
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("pw");
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
+}
+
+/// Parses `ldd` / `LOADER --list` output into the paths of the libraries it names (the
+/// loader included); `Err(name)` for a library that was not found.
+pub fn parse_library_list(output: &str) -> Result<Vec<PathBuf>, String> {
+    let mut libs = Vec::new();
+    for line in output.lines().map(str::trim) {
+        let path = match line.split_once("=>") {
+            Some((name, rest)) if rest.trim().starts_with("not found") => {
+                return Err(name.trim().to_string())
+            }
+            Some((_, rest)) => rest.split_whitespace().next(),
+            // The loader itself: "/lib64/ld-linux-x86-64.so.2 (0x...)".
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// The shared libraries `exe` loads, as [`LOADER`] lists them; panics naming what is missing.
+pub fn libraries(exe: &Path) -> Vec<PathBuf> {
+    assert!(
+        Path::new(LOADER).is_file(),
+        "{LOADER} is missing: cannot list the libraries of {}",
+        exe.display()
+    );
+    let out = std::process::Command::new(LOADER)
+        .arg("--list")
+        .arg(exe)
+        .output()
+        .unwrap_or_else(|e| panic!("{LOADER} --list {}: {e}", exe.display()));
+    assert!(
+        out.status.success(),
+        "{LOADER} --list {}: {out:?}",
+        exe.display()
+    );
+    parse_library_list(&String::from_utf8_lossy(&out.stdout))
+        .unwrap_or_else(|lib| panic!("{} needs {lib}, which is not found", exe.display()))
+}
+
+/// Copies `file` (its content, links followed) to the same absolute path under `rootfs`.
+fn copy_in(rootfs: &Path, file: &Path) {
+    let rel = file.strip_prefix("/").unwrap_or(file);
+    let dst = rootfs.join(rel);
+    std::fs::create_dir_all(dst.parent().expect("an absolute path has a parent"))
+        .expect("mkdir in rootfs");
+    std::fs::copy(file, &dst)
+        .unwrap_or_else(|e| panic!("copy {} into the image: {e}", file.display()));
+}
+
+/// Copies the dynamic executable `exe` and its shared libraries into `rootfs`, each at its
+/// own path.
+pub fn add_with_libraries(rootfs: &Path, exe: &Path) {
+    assert!(exe.is_file(), "{} is missing", exe.display());
+    copy_in(rootfs, exe);
+    for lib in libraries(exe) {
+        copy_in(rootfs, &lib);
+    }
+}
+
+/// A busybox root filesystem (see [`busybox_rootfs`]) plus Debian's iptables: both
+/// [`XTABLES`] binaries with their libraries, their `iptables-legacy` / `iptables-nft` names
+/// in `/sbin`, and the [`XTABLES_EXTENSIONS`]. Panics naming what is missing (`iptables`
+/// is in `scripts/install-deps.sh`; xtask packs it into the test host).
+pub fn xtables_rootfs(rootfs: &Path, busybox: &Path) {
+    busybox_rootfs(rootfs, busybox);
+    std::fs::create_dir_all(rootfs.join("sbin")).expect("mkdir sbin");
+    for (exe, names) in XTABLES {
+        add_with_libraries(rootfs, Path::new(exe));
+        for name in *names {
+            let target = Path::new("..").join(exe.trim_start_matches('/'));
+            std::os::unix::fs::symlink(target, rootfs.join("sbin").join(name)).expect("link");
+        }
+    }
+    let extensions: Vec<PathBuf> = std::fs::read_dir(XTABLES_EXTENSIONS)
+        .unwrap_or_else(|e| panic!("{XTABLES_EXTENSIONS}: {e}"))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    for needed in ["libxt_tcp.so", "libxt_REDIRECT.so", "libxt_standard.so"] {
+        assert!(
+            extensions.iter().any(|p| p.ends_with(needed)),
+            "iptables extension {needed} is missing in {XTABLES_EXTENSIONS}"
+        );
+    }
+    for ext in extensions {
+        copy_in(rootfs, &ext);
+    }
+    // xtables-legacy takes its lock in /run.
+    std::fs::create_dir_all(rootfs.join("run")).expect("mkdir run");
 }
 
 /// Builds the OCI archive of `spec` under `work` and returns its path.
@@ -110,4 +229,70 @@ pub fn build(spec: &ImageSpec, work: &Path) -> PathBuf {
         tarball.display()
     ));
     tarball
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_library_list() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibxtables.so.12 => /lib/x86_64-linux-gnu/libxtables.so.12 (0x00007f)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            parse_library_list(out).unwrap(),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libxtables.so.12"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        assert_eq!(
+            parse_library_list("\tlibnftnl.so.11 => not found\n"),
+            Err("libnftnl.so.11".to_string())
+        );
+    }
+
+    #[test]
+    fn the_loader_lists_a_dynamic_executables_libc() {
+        let libs = libraries(Path::new("/bin/ls"));
+        assert!(
+            libs.iter().any(|p| p.to_string_lossy().contains("libc.so")),
+            "{libs:?}"
+        );
+        assert!(libs.contains(&PathBuf::from(LOADER)), "{libs:?}");
+    }
+
+    #[test]
+    fn an_executable_goes_in_with_its_libraries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        add_with_libraries(dir.path(), Path::new("/bin/ls"));
+        assert!(dir.path().join("bin/ls").is_file() || dir.path().join("usr/bin/ls").is_file());
+        for lib in libraries(Path::new("/bin/ls")) {
+            let inside = dir.path().join(lib.strip_prefix("/").unwrap());
+            assert!(inside.is_file(), "{} missing", inside.display());
+        }
+    }
+
+    #[test]
+    fn the_iptables_rootfs_has_both_iptables_and_their_extensions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        xtables_rootfs(dir.path(), Path::new("/bin/busybox"));
+        for name in ["iptables-legacy", "iptables-nft"] {
+            let link = dir.path().join("sbin").join(name);
+            let target = std::fs::read_link(&link).expect("a link");
+            assert!(
+                link.parent().unwrap().join(&target).is_file(),
+                "{name} -> {}",
+                target.display()
+            );
+        }
+        let ext = dir
+            .path()
+            .join("usr/lib/x86_64-linux-gnu/xtables/libxt_REDIRECT.so");
+        assert!(ext.is_file(), "{}", ext.display());
+        assert!(dir.path().join(LOADER.trim_start_matches('/')).is_file());
+    }
 }

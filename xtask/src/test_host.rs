@@ -18,6 +18,8 @@ pub(crate) const HOST_KERNEL: &str = "/husk/guest/vmlinux";
 pub(crate) const HOST_INITRD: &str = "/husk/guest/initrd.img";
 pub(crate) const HOST_TESTS: &str = "/husk/tests";
 pub(crate) const HOST_WORK: &str = "/tmp/husk-e2e";
+/// iptables' extensions, at the same path in the test host.
+const XTABLES_EXTENSIONS: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
 /// How long a test host may go on after its own kernel showed a fault: long
 /// enough for a test to meet its own timeouts and for the host to come out of
@@ -25,7 +27,8 @@ pub(crate) const HOST_WORK: &str = "/tmp/husk-e2e";
 const FAULT_GRACE: Duration = Duration::from_secs(300);
 
 /// The files the test host gets: the guest kernel and initramfs, the static
-/// binaries, virtiofsd, Debian's containerd and runc, and `tests` (name,
+/// binaries, virtiofsd, Debian's containerd, runc, CNI loopback/static plugins and
+/// iptables, and `tests` (name,
 /// executable) under [`HOST_TESTS`].
 pub(crate) fn files(a: &Artifacts, tests: &[&(String, std::path::PathBuf)]) -> Vec<HostFile> {
     let mut files = vec![
@@ -46,15 +49,34 @@ pub(crate) fn files(a: &Artifacts, tests: &[&(String, std::path::PathBuf)]) -> V
             format!("{HOST_BIN}/virtiofsd"),
         ));
     }
-    // Debian's containerd, ctr and runc, for the shim's end-to-end tests.
+    // Debian's containerd, ctr and runc, for the shim's end-to-end tests; CNI's
+    // loopback and static plugins, for the CRI tests' pod network namespaces; and
+    // iptables (legacy and nft), which the CRI tests put into an image.
     for exe in [
         "/usr/bin/containerd",
         "/usr/bin/ctr",
         "/usr/bin/containerd-shim-runc-v2",
         "/usr/sbin/runc",
+        "/usr/lib/cni/loopback",
+        "/usr/lib/cni/static",
+        "/usr/sbin/xtables-legacy-multi",
+        "/usr/sbin/xtables-nft-multi",
     ] {
         if Path::new(exe).is_file() {
             files.push(HostFile::executable(exe, exe));
+        }
+    }
+    // iptables' extensions (dlopen()ed by name; the ones the tests use need no
+    // library beyond the binaries' own).
+    for entry in std::fs::read_dir(XTABLES_EXTENSIONS)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        if path.is_file() {
+            let target = path.to_string_lossy().into_owned();
+            files.push(HostFile::new(path, target));
         }
     }
     for (name, exe) in tests {
