@@ -78,6 +78,10 @@ pub struct TestHostConfig {
     /// Give up on a test host whose console stays silent this long once the
     /// command has started (it prints a heartbeat every few seconds while alive).
     pub silence_limit: Duration,
+    /// Give up on a test host that prints nothing at all this long from QEMU's
+    /// start: its boot hung. Longer than the silence limit, because a boot on a
+    /// busy machine can take a while before the first line.
+    pub boot_limit: Duration,
 }
 
 impl Default for TestHostConfig {
@@ -96,6 +100,7 @@ impl Default for TestHostConfig {
             cache_dir: husk_rootfs::cache::root(),
             verbose_kernel: false,
             silence_limit: Duration::from_secs(120),
+            boot_limit: Duration::from_secs(180),
         }
     }
 }
@@ -225,12 +230,12 @@ impl TestHost {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             // The boot prints nothing (quiet), but the command's heartbeat starts within
-            // seconds of it: a host silent for the whole limit from QEMU's start hung in
+            // seconds of it: a host silent for the boot limit from QEMU's start hung in
             // its boot (seen with a busy machine), which is a wedge too.
             let wait = match seen_output {
                 true => left.min(self.config.silence_limit),
                 false => deadline
-                    .min(started + self.config.silence_limit)
+                    .min(started + self.config.boot_limit)
                     .saturating_duration_since(Instant::now()),
             };
             match rx.recv_timeout(wait) {
@@ -257,7 +262,10 @@ impl TestHost {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
-                    return Err(Error::Wedged(self.config.silence_limit));
+                    return Err(Error::Wedged(match seen_output {
+                        true => self.config.silence_limit,
+                        false => self.config.boot_limit,
+                    }));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(match stop_asked {
