@@ -658,3 +658,90 @@ fn parallel_execs_each_get_their_own_output_and_status() {
     });
     agent.client.remove_container("par").expect("remove");
 }
+
+/// How long a SIGTERM'd `top` may take to end, and its handler to appear (both take a few
+/// ms: the deadline is there so that a lost signal fails the test instead of hanging it).
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The program name of a process (`/proc/<pid>/comm`), empty once it is gone.
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Whether the process catches SIGTERM (bit 14 of `SigCgt` in `/proc/<pid>/status`).
+fn catches_sigterm(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (15 - 1)) != 0)
+}
+
+/// `top` as its container's PID 1: when start returns, the program already runs (not the
+/// setup code, whose default dispositions make the kernel drop a SIGTERM to a namespace
+/// init), as when runc's start returns; the only time left before a SIGTERM counts is the
+/// program's own (installing its handler, measured), and then SIGTERM ends it through
+/// that handler (exit 143), not through a SIGKILL after a grace period.
+#[test]
+fn start_returns_after_exec_so_sigterm_stops_top_as_under_runc() {
+    let agent = Agent::start();
+    let s = spec(&["top", "-b", "-d", "1"]);
+    for round in 0..5 {
+        let id = format!("top{round}");
+        agent.bundle(&id);
+        let pid = agent
+            .client
+            .create_container(&id, s.to_string().as_bytes(), None)
+            .expect("create");
+        agent.client.start_container(&id).expect("start");
+        let started = Instant::now();
+        assert_eq!(
+            comm(pid),
+            "top",
+            "round {round}: start returned before the exec"
+        );
+        let handled = wait_until(started + STOP_DEADLINE, || catches_sigterm(pid));
+        let handler_after = started.elapsed();
+        assert!(handled, "round {round}: top never caught SIGTERM");
+        agent
+            .client
+            .signal_process(&id, "", 15, false)
+            .expect("SIGTERM");
+        let st = agent
+            .client
+            .wait_process(&id, "", Some(STOP_DEADLINE))
+            .unwrap_or_else(|e| panic!("round {round}: SIGTERM ignored: {e:?}"));
+        eprintln!(
+            "husk round {round}: handler {handler_after:?} after start returned, ended {:?} \
+             after start returned",
+            started.elapsed()
+        );
+        assert_eq!(st.exit_status, 128 + 15, "round {round}");
+        agent.client.remove_container(&id).expect("remove");
+    }
+
+    let bundle = common::make_rootfs(&agent.dir.path().join("runc-top"));
+    for round in 0..3 {
+        let runc = common::Runc::create(&bundle, &format!("husk-top{round}"), &s);
+        let pid = runc.pid();
+        runc.start();
+        let started = Instant::now();
+        let name = comm(pid);
+        eprintln!("runc round {round}: pid {pid} is {name:?} when start returned");
+        let handled = wait_until(started + STOP_DEADLINE, || catches_sigterm(pid));
+        let handler_after = started.elapsed();
+        assert!(handled, "runc round {round}: top never caught SIGTERM");
+        runc.kill("TERM");
+        let stopped = wait_until(started + STOP_DEADLINE, || runc.status() == "stopped");
+        eprintln!(
+            "runc round {round}: handler {handler_after:?} after start returned, stopped {:?} \
+             after start returned",
+            started.elapsed()
+        );
+        assert!(stopped, "runc round {round}: top did not stop");
+    }
+}

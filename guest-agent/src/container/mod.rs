@@ -6,8 +6,6 @@ pub mod stdio;
 
 use husk_lock::MutexExt;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,8 +34,8 @@ pub struct ProcessEntry {
 }
 
 enum State {
-    /// Set up, waiting for start; writing a byte to the pipe starts it.
-    Created(File),
+    /// Set up, waiting for start.
+    Created(launch::Starter),
     /// Started.
     Running,
 }
@@ -221,20 +219,24 @@ impl Runtime {
     /// Lets the init process exec the container's program.
     pub fn start(&self, id: &str) -> Result<()> {
         let c = self.get(id)?;
-        let mut state = lock(&c.state);
-        if self.reaper.status(c.init.pid).is_some() {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id} has exited"
-            )));
-        }
-        match std::mem::replace(&mut *state, State::Running) {
-            State::Created(mut start) => start
-                .write_all(&[1])
-                .map_err(|e| Error::io("start container", e)),
-            State::Running => Err(Error::FailedPrecondition(format!(
-                "container {id} is already started"
-            ))),
-        }
+        let starter = {
+            let mut state = lock(&c.state);
+            if self.reaper.status(c.init.pid).is_some() {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} has exited"
+                )));
+            }
+            match std::mem::replace(&mut *state, State::Running) {
+                State::Created(starter) => starter,
+                State::Running => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {id} is already started"
+                    )))
+                }
+            }
+        };
+        // Outside the lock: this waits for the program's exec.
+        starter.start()
     }
 
     /// Runs an extra process inside a started, living container.
@@ -284,10 +286,12 @@ impl Runtime {
         let (io, child) = ProcessIo::new(process.terminal() == Some(true))?;
         let mut launched = launch::launch(&cfg, child, &self.reaper)?;
         let io = io.with_console(launched.console.take());
-        launched
-            .start
-            .write_all(&[1])
-            .map_err(|e| Error::io("start exec", e))?;
+        if let Err(e) = launched.start.start() {
+            // It exits on its own after a failed exec; reap it so nothing is left.
+            let _ = self.reaper.wait(launched.pid, Some(KILL_WAIT));
+            self.reaper.forget(launched.pid);
+            return Err(e);
+        }
         Ok(ProcessEntry {
             pid: launched.pid,
             io,

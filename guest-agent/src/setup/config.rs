@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// fd of the setup process carrying the [`LaunchConfig`] (read to EOF).
 pub const CONFIG_FD: i32 = 3;
-/// fd on which the setup process writes [`SyncMessage`] lines to the agent.
+/// fd on which the setup process writes [`SyncMessage`] lines to the agent. It is
+/// close-on-exec and the container process holds the only write end: after `Ready` and the
+/// start byte, its EOF tells the agent that `execve` succeeded, and an `Invalid`/`Error`
+/// line before that EOF that it failed.
 pub const SYNC_FD: i32 = 4;
 /// fd from which the container process reads one byte before exec ("start").
 pub const START_FD: i32 = 5;
