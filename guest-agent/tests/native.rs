@@ -745,3 +745,158 @@ fn start_returns_after_exec_so_sigterm_stops_top_as_under_runc() {
         assert!(stopped, "runc round {round}: top did not stop");
     }
 }
+
+fn pod(sandbox: &str, types: &[&str]) -> husk_protocol::agent::PodNamespaces {
+    husk_protocol::agent::PodNamespaces {
+        sandbox_id: sandbox.to_string(),
+        types: types.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The `type:[inode]` link of a namespace of a process, as seen from here.
+fn ns_link(pid: u32, name: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{name}"))
+        .unwrap_or_else(|e| panic!("ns {name} of {pid}: {e}"))
+        .display()
+        .to_string()
+}
+
+/// Runs a member container of the pod to its end: (exit status, stdout, stderr).
+fn run_member(
+    agent: &Agent,
+    id: &str,
+    s: &serde_json::Value,
+    p: &husk_protocol::agent::PodNamespaces,
+) -> (i32, String, String) {
+    agent.bundle(id);
+    agent
+        .client
+        .create_container(id, s.to_string().as_bytes(), Some(p))
+        .expect("create member");
+    agent.client.start_container(id).expect("start member");
+    let (out, err) = agent.drain(id, "");
+    let st = agent.client.wait_process(id, "", WAIT).expect("wait");
+    agent.client.remove_container(id).expect("remove");
+    (st.exit_status, text(&out), text(&err))
+}
+
+/// The value printed after `key=` in a member's output.
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {out}"))
+}
+
+const MEMBER_SCRIPT: &str =
+    "for n in net ipc uts pid mnt; do echo $n=$(readlink /proc/self/ns/$n); done; \
+     echo hostname=$(hostname); echo self=$$; echo init=$(cat /proc/1/comm); \
+     echo rmid=$(cat /proc/sys/kernel/shm_rmid_forced); \
+     echo msgmax=$(cat /proc/sys/fs/mqueue/msg_max); echo mq=$(ls /dev/mqueue)";
+
+/// A CRI pod in the guest: a member container joins the network, IPC, UTS and pid
+/// namespaces of the sandbox container's init (same namespace inodes, the sandbox's
+/// hostname and IPC sysctls and POSIX queues, the sandbox's process as its PID 1), keeps
+/// its own mount namespace; a member without pod pid/uts sharing has its own. The spec may
+/// list a pod type without a path or not at all.
+#[test]
+fn pod_member_joins_the_sandbox_namespaces() {
+    let agent = Agent::start();
+    let mut sb = spec(&["sleep", "1000"]);
+    sb["hostname"] = json!("pod-host");
+    sb["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "21"});
+    let sb_pid = agent.run("sb", &sb);
+    let queue =
+        json!({"args": ["touch", "/dev/mqueue/podq"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    agent
+        .client
+        .exec_process("sb", "mq", queue.to_string().as_bytes())
+        .expect("exec");
+    let st = agent.client.wait_process("sb", "mq", WAIT).expect("wait");
+    assert_eq!(
+        st.exit_status, 0,
+        "mq_open through /dev/mqueue in the sandbox"
+    );
+
+    // ipc listed without a path; network, uts, pid not listed; no hostname of its own.
+    let mut member = spec(&["sh", "-c", MEMBER_SCRIPT]);
+    member["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "ipc"}]);
+    member.as_object_mut().expect("obj").remove("hostname");
+    let all = pod("sb", &["network", "ipc", "uts", "pid"]);
+    let (code, out, err) = run_member(&agent, "m1", &member, &all);
+    assert_eq!(code, 0, "{err}");
+    for n in ["net", "ipc", "uts", "pid"] {
+        assert_eq!(field(&out, n), ns_link(sb_pid, n), "{n}: {out}");
+    }
+    assert_ne!(field(&out, "mnt"), ns_link(sb_pid, "mnt"), "{out}");
+    assert_eq!(field(&out, "hostname"), "pod-host", "{out}");
+    assert_ne!(field(&out, "self"), "1", "{out}");
+    assert_eq!(field(&out, "init"), "sleep", "the sandbox is PID 1: {out}");
+    assert_eq!(field(&out, "rmid"), "1", "{out}");
+    assert_eq!(field(&out, "msgmax"), "21", "{out}");
+    assert_eq!(field(&out, "mq"), "podq", "{out}");
+
+    // Network and IPC only (CONTAINER pid sharing): its own pid and UTS namespaces.
+    let mut own = spec(&["sh", "-c", MEMBER_SCRIPT]);
+    own["hostname"] = json!("member");
+    let some = pod("sb", &["network", "ipc"]);
+    let (code, out, err) = run_member(&agent, "m2", &own, &some);
+    assert_eq!(code, 0, "{err}");
+    for n in ["net", "ipc"] {
+        assert_eq!(field(&out, n), ns_link(sb_pid, n), "{n}: {out}");
+    }
+    for n in ["uts", "pid", "mnt"] {
+        assert_ne!(field(&out, n), ns_link(sb_pid, n), "{n}: {out}");
+    }
+    assert_eq!(field(&out, "hostname"), "member", "{out}");
+    assert_eq!(field(&out, "self"), "1", "{out}");
+    assert_eq!(field(&out, "init"), "sh", "{out}");
+    // The pod's hostname is untouched by a member with a UTS namespace of its own.
+    let (_, out, _) = run_member(&agent, "m3", &member, &all);
+    assert_eq!(field(&out, "hostname"), "pod-host", "{out}");
+    agent.client.remove_container("sb").expect("remove sandbox");
+}
+
+/// Pod namespaces that cannot be joined give typed errors and leave nothing behind.
+#[test]
+fn pod_namespace_errors_are_typed() {
+    let agent = Agent::start();
+    let kind = |id: &str, p: &husk_protocol::agent::PodNamespaces| {
+        agent.bundle(id);
+        agent
+            .client
+            .create_container(id, spec(&["true"]).to_string().as_bytes(), Some(p))
+            .expect_err("must fail")
+    };
+    let e = kind("a", &pod("nosuch", &["network"]));
+    assert_eq!(e.kind(), Some(ErrorKind::NotFound), "{e:?}");
+    assert!(format!("{e:?}").contains("nosuch"), "{e:?}");
+
+    agent.run("sb", &spec(&["sleep", "1000"]));
+    for bad in ["mount", "user", "bogus"] {
+        let e = kind("b", &pod("sb", &["network", bad]));
+        assert_eq!(e.kind(), Some(ErrorKind::InvalidArgument), "{bad}: {e:?}");
+    }
+
+    // Created but not started, then exited: not running.
+    agent.bundle("idle");
+    agent
+        .client
+        .create_container("idle", spec(&["true"]).to_string().as_bytes(), None)
+        .expect("create");
+    let e = kind("c", &pod("idle", &["ipc"]));
+    assert_eq!(e.kind(), Some(ErrorKind::FailedPrecondition), "{e:?}");
+    agent.client.start_container("idle").expect("start");
+    agent.client.wait_process("idle", "", WAIT).expect("wait");
+    let e = kind("d", &pod("idle", &["ipc"]));
+    assert_eq!(e.kind(), Some(ErrorKind::FailedPrecondition), "{e:?}");
+    for id in ["idle", "sb"] {
+        agent.client.remove_container(id).expect("remove");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    assert!(
+        wait_until(deadline, || common::children_of(agent.pid()).is_empty()),
+        "processes left: {:?}",
+        common::children_of(agent.pid())
+    );
+}

@@ -47,7 +47,7 @@ pub struct LaunchConfig {
     pub mode: LaunchMode,
     /// Cgroup v2 directory to join, if any.
     pub cgroup: Option<PathBuf>,
-    /// Hostname to set (only with a new UTS namespace).
+    /// Hostname to set (only in a UTS namespace of the container's own, new or joined).
     pub hostname: Option<String>,
 }
 
