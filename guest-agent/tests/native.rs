@@ -900,3 +900,121 @@ fn pod_namespace_errors_are_typed() {
         common::children_of(agent.pid())
     );
 }
+
+/// Mounts made by a test on this host, undone (lazily, innermost first) however it ends.
+struct HostMounts(Vec<std::path::PathBuf>);
+
+impl HostMounts {
+    fn tmpfs(&mut self, at: &std::path::Path) {
+        use nix::mount::{mount, MsFlags};
+        std::fs::create_dir_all(at).expect("mkdir");
+        mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| panic!("mount tmpfs on {at:?}: {e}"));
+        self.0.push(at.to_path_buf());
+    }
+}
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for at in self.0.iter().rev() {
+            let _ = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Reads a process's stdout until it holds `want`; returns all read.
+fn read_until(agent: &Agent, id: &str, want: &str) -> String {
+    let mut out = Vec::new();
+    while !text(&out).contains(want) {
+        match agent.client.read_stdout(id, "", 0).expect("read") {
+            Some(chunk) => out.extend(chunk),
+            None => panic!("EOF before {want:?}: {}", text(&out)),
+        }
+    }
+    text(&out)
+}
+
+/// One bind mount with propagation `prop` (root propagation `root` as containerd sets it)
+/// of a shared source on this host (the guest's mounts are shared): whether a tmpfs
+/// mounted under the source after start shows inside, and whether one mounted inside shows
+/// under the source.
+fn propagation_case(prop: &str, root: Option<&str>) -> (bool, bool) {
+    use nix::mount::{mount, MsFlags};
+    let agent = Agent::start();
+    let src = agent.dir.path().join("src");
+    let mut mounts = HostMounts(Vec::new());
+    mounts.tmpfs(&src);
+    mount(
+        None::<&str>,
+        &src,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .expect("make the source shared");
+    let script = "grep -E ' /data ' /proc/self/mountinfo; echo up; read x; test -e /data/sub/outer && echo in-seen || echo in-unseen; \
+                  mkdir /data/inner && mount -t tmpfs none /data/inner && \
+                  touch /data/inner/imark && echo mounted; read y";
+    let mut s = spec(&["sh", "-c", script]);
+    for set in ["bounding", "effective", "permitted"] {
+        s["process"]["capabilities"][set] = json!(["CAP_SYS_ADMIN"]);
+    }
+    s["process"]["capabilities"]["ambient"] = json!([]);
+    if let Some(r) = root {
+        s["linux"]["rootfsPropagation"] = json!(r);
+    }
+    s["mounts"].as_array_mut().expect("mounts").push(json!({
+        "destination": "/data", "type": "bind", "source": src, "options": ["rbind", prop]
+    }));
+    agent.run("prop", &s);
+    read_until(&agent, "prop", "up");
+    let sub = src.join("sub");
+    mounts.tmpfs(&sub);
+    std::fs::write(sub.join("outer"), "x").expect("marker");
+    agent
+        .client
+        .write_stdin("prop", "", b"go\n")
+        .expect("stdin");
+    let out = read_until(&agent, "prop", "mounted");
+    let inside = out.contains("in-seen");
+    assert!(inside || out.contains("in-unseen"), "{out}");
+    let inner = src.join("inner");
+    let outside = inner.join("imark").exists();
+    if outside {
+        mounts.0.push(inner);
+    }
+    agent
+        .client
+        .write_stdin("prop", "", b"end\n")
+        .expect("stdin");
+    let st = agent.client.wait_process("prop", "", WAIT).expect("wait");
+    assert_eq!(st.exit_status, 0);
+    agent.client.remove_container("prop").expect("remove");
+    (inside, outside)
+}
+
+/// `rprivate`: neither way.
+#[test]
+fn bind_propagation_rprivate() {
+    assert_eq!(propagation_case("rprivate", None), (false, false));
+}
+
+/// `rslave` (containerd's HostToContainer): the host's mounts reach the container only.
+#[test]
+fn bind_propagation_rslave() {
+    assert_eq!(propagation_case("rslave", Some("rslave")), (true, false));
+    assert_eq!(propagation_case("rslave", None), (true, false));
+}
+
+/// `rshared` (containerd's Bidirectional, which sets the root `rshared`): both ways; this
+/// used to fail the root switch.
+#[test]
+fn bind_propagation_rshared() {
+    assert_eq!(propagation_case("rshared", Some("rshared")), (true, true));
+}

@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod mounts;
 pub mod process;
+pub mod propagation;
 pub mod seccomp;
 pub mod sysctl;
 
