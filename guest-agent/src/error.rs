@@ -8,6 +8,9 @@ pub enum Error {
     /// No container with this id.
     #[error("no container {0:?}")]
     ContainerNotFound(String),
+    /// The pod's sandbox container a container should join does not exist.
+    #[error("no pod sandbox container {0:?} in this guest (create it first)")]
+    SandboxNotFound(String),
     /// No process with this exec id in the container.
     #[error("no process {exec_id:?} in container {container_id:?}")]
     ProcessNotFound {
@@ -49,7 +52,9 @@ impl Error {
     /// The API kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::ContainerNotFound(_) | Error::ProcessNotFound { .. } => ErrorKind::NotFound,
+            Error::ContainerNotFound(_)
+            | Error::SandboxNotFound(_)
+            | Error::ProcessNotFound { .. } => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,

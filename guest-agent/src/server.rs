@@ -144,7 +144,11 @@ impl Agent for Service {
         _ctx: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> R<CreateContainerResponse> {
-        let pid = self.runtime.create(&req.container_id, &req.spec_json)?;
+        let pid = self.runtime.create(
+            &req.container_id,
+            &req.spec_json,
+            req.pod_namespaces.as_ref(),
+        )?;
         Ok(CreateContainerResponse {
             pid,
             ..Default::default()

@@ -658,3 +658,363 @@ fn parallel_execs_each_get_their_own_output_and_status() {
     });
     agent.client.remove_container("par").expect("remove");
 }
+
+/// How long a SIGTERM'd `top` may take to end, and its handler to appear (both take a few
+/// ms: the deadline is there so that a lost signal fails the test instead of hanging it).
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The program name of a process (`/proc/<pid>/comm`), empty once it is gone.
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Whether the process catches SIGTERM (bit 14 of `SigCgt` in `/proc/<pid>/status`).
+fn catches_sigterm(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (15 - 1)) != 0)
+}
+
+/// `top` as its container's PID 1: when start returns, the program already runs (not the
+/// setup code, whose default dispositions make the kernel drop a SIGTERM to a namespace
+/// init), as when runc's start returns; the only time left before a SIGTERM counts is the
+/// program's own (installing its handler, measured), and then SIGTERM ends it through
+/// that handler (exit 143), not through a SIGKILL after a grace period.
+#[test]
+fn start_returns_after_exec_so_sigterm_stops_top_as_under_runc() {
+    let agent = Agent::start();
+    let s = spec(&["top", "-b", "-d", "1"]);
+    for round in 0..5 {
+        let id = format!("top{round}");
+        agent.bundle(&id);
+        let pid = agent
+            .client
+            .create_container(&id, s.to_string().as_bytes(), None)
+            .expect("create");
+        agent.client.start_container(&id).expect("start");
+        let started = Instant::now();
+        assert_eq!(
+            comm(pid),
+            "top",
+            "round {round}: start returned before the exec"
+        );
+        let handled = wait_until(started + STOP_DEADLINE, || catches_sigterm(pid));
+        let handler_after = started.elapsed();
+        assert!(handled, "round {round}: top never caught SIGTERM");
+        agent
+            .client
+            .signal_process(&id, "", 15, false)
+            .expect("SIGTERM");
+        let st = agent
+            .client
+            .wait_process(&id, "", Some(STOP_DEADLINE))
+            .unwrap_or_else(|e| panic!("round {round}: SIGTERM ignored: {e:?}"));
+        eprintln!(
+            "husk round {round}: handler {handler_after:?} after start returned, ended {:?} \
+             after start returned",
+            started.elapsed()
+        );
+        assert_eq!(st.exit_status, 128 + 15, "round {round}");
+        agent.client.remove_container(&id).expect("remove");
+    }
+
+    let bundle = common::make_rootfs(&agent.dir.path().join("runc-top"));
+    for round in 0..3 {
+        let runc = common::Runc::create(&bundle, &format!("husk-top{round}"), &s);
+        let pid = runc.pid();
+        runc.start();
+        let started = Instant::now();
+        let name = comm(pid);
+        eprintln!("runc round {round}: pid {pid} is {name:?} when start returned");
+        let handled = wait_until(started + STOP_DEADLINE, || catches_sigterm(pid));
+        let handler_after = started.elapsed();
+        assert!(handled, "runc round {round}: top never caught SIGTERM");
+        runc.kill("TERM");
+        let stopped = wait_until(started + STOP_DEADLINE, || runc.status() == "stopped");
+        eprintln!(
+            "runc round {round}: handler {handler_after:?} after start returned, stopped {:?} \
+             after start returned",
+            started.elapsed()
+        );
+        assert!(stopped, "runc round {round}: top did not stop");
+    }
+}
+
+fn pod(sandbox: &str, types: &[&str]) -> husk_protocol::agent::PodNamespaces {
+    husk_protocol::agent::PodNamespaces {
+        sandbox_id: sandbox.to_string(),
+        types: types.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The `type:[inode]` link of a namespace of a process, as seen from here.
+fn ns_link(pid: u32, name: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{name}"))
+        .unwrap_or_else(|e| panic!("ns {name} of {pid}: {e}"))
+        .display()
+        .to_string()
+}
+
+/// Runs a member container of the pod to its end: (exit status, stdout, stderr).
+fn run_member(
+    agent: &Agent,
+    id: &str,
+    s: &serde_json::Value,
+    p: &husk_protocol::agent::PodNamespaces,
+) -> (i32, String, String) {
+    agent.bundle(id);
+    agent
+        .client
+        .create_container(id, s.to_string().as_bytes(), Some(p))
+        .expect("create member");
+    agent.client.start_container(id).expect("start member");
+    let (out, err) = agent.drain(id, "");
+    let st = agent.client.wait_process(id, "", WAIT).expect("wait");
+    agent.client.remove_container(id).expect("remove");
+    (st.exit_status, text(&out), text(&err))
+}
+
+/// The value printed after `key=` in a member's output.
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {out}"))
+}
+
+const MEMBER_SCRIPT: &str =
+    "for n in net ipc uts pid mnt; do echo $n=$(readlink /proc/self/ns/$n); done; \
+     echo hostname=$(hostname); echo self=$$; echo init=$(cat /proc/1/comm); \
+     echo rmid=$(cat /proc/sys/kernel/shm_rmid_forced); \
+     echo msgmax=$(cat /proc/sys/fs/mqueue/msg_max); echo mq=$(ls /dev/mqueue)";
+
+/// A CRI pod in the guest: a member container joins the network, IPC, UTS and pid
+/// namespaces of the sandbox container's init (same namespace inodes, the sandbox's
+/// hostname and IPC sysctls and POSIX queues, the sandbox's process as its PID 1), keeps
+/// its own mount namespace; a member without pod pid/uts sharing has its own. The spec may
+/// list a pod type without a path or not at all.
+#[test]
+fn pod_member_joins_the_sandbox_namespaces() {
+    let agent = Agent::start();
+    let mut sb = spec(&["sleep", "1000"]);
+    sb["hostname"] = json!("pod-host");
+    sb["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "21"});
+    let sb_pid = agent.run("sb", &sb);
+    let queue =
+        json!({"args": ["touch", "/dev/mqueue/podq"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    agent
+        .client
+        .exec_process("sb", "mq", queue.to_string().as_bytes())
+        .expect("exec");
+    let st = agent.client.wait_process("sb", "mq", WAIT).expect("wait");
+    assert_eq!(
+        st.exit_status, 0,
+        "mq_open through /dev/mqueue in the sandbox"
+    );
+
+    // ipc listed without a path; network, uts, pid not listed; no hostname of its own.
+    let mut member = spec(&["sh", "-c", MEMBER_SCRIPT]);
+    member["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "ipc"}]);
+    member.as_object_mut().expect("obj").remove("hostname");
+    let all = pod("sb", &["network", "ipc", "uts", "pid"]);
+    let (code, out, err) = run_member(&agent, "m1", &member, &all);
+    assert_eq!(code, 0, "{err}");
+    for n in ["net", "ipc", "uts", "pid"] {
+        assert_eq!(field(&out, n), ns_link(sb_pid, n), "{n}: {out}");
+    }
+    assert_ne!(field(&out, "mnt"), ns_link(sb_pid, "mnt"), "{out}");
+    assert_eq!(field(&out, "hostname"), "pod-host", "{out}");
+    assert_ne!(field(&out, "self"), "1", "{out}");
+    assert_eq!(field(&out, "init"), "sleep", "the sandbox is PID 1: {out}");
+    assert_eq!(field(&out, "rmid"), "1", "{out}");
+    assert_eq!(field(&out, "msgmax"), "21", "{out}");
+    assert_eq!(field(&out, "mq"), "podq", "{out}");
+
+    // Network and IPC only (CONTAINER pid sharing): its own pid and UTS namespaces.
+    let mut own = spec(&["sh", "-c", MEMBER_SCRIPT]);
+    own["hostname"] = json!("member");
+    let some = pod("sb", &["network", "ipc"]);
+    let (code, out, err) = run_member(&agent, "m2", &own, &some);
+    assert_eq!(code, 0, "{err}");
+    for n in ["net", "ipc"] {
+        assert_eq!(field(&out, n), ns_link(sb_pid, n), "{n}: {out}");
+    }
+    for n in ["uts", "pid", "mnt"] {
+        assert_ne!(field(&out, n), ns_link(sb_pid, n), "{n}: {out}");
+    }
+    assert_eq!(field(&out, "hostname"), "member", "{out}");
+    assert_eq!(field(&out, "self"), "1", "{out}");
+    assert_eq!(field(&out, "init"), "sh", "{out}");
+    // The pod's hostname is untouched by a member with a UTS namespace of its own.
+    let (_, out, _) = run_member(&agent, "m3", &member, &all);
+    assert_eq!(field(&out, "hostname"), "pod-host", "{out}");
+    agent.client.remove_container("sb").expect("remove sandbox");
+}
+
+/// Pod namespaces that cannot be joined give typed errors and leave nothing behind.
+#[test]
+fn pod_namespace_errors_are_typed() {
+    let agent = Agent::start();
+    let kind = |id: &str, p: &husk_protocol::agent::PodNamespaces| {
+        agent.bundle(id);
+        agent
+            .client
+            .create_container(id, spec(&["true"]).to_string().as_bytes(), Some(p))
+            .expect_err("must fail")
+    };
+    let e = kind("a", &pod("nosuch", &["network"]));
+    assert_eq!(e.kind(), Some(ErrorKind::NotFound), "{e:?}");
+    assert!(format!("{e:?}").contains("nosuch"), "{e:?}");
+
+    agent.run("sb", &spec(&["sleep", "1000"]));
+    for bad in ["mount", "user", "bogus"] {
+        let e = kind("b", &pod("sb", &["network", bad]));
+        assert_eq!(e.kind(), Some(ErrorKind::InvalidArgument), "{bad}: {e:?}");
+    }
+
+    // Created but not started, then exited: not running.
+    agent.bundle("idle");
+    agent
+        .client
+        .create_container("idle", spec(&["true"]).to_string().as_bytes(), None)
+        .expect("create");
+    let e = kind("c", &pod("idle", &["ipc"]));
+    assert_eq!(e.kind(), Some(ErrorKind::FailedPrecondition), "{e:?}");
+    agent.client.start_container("idle").expect("start");
+    agent.client.wait_process("idle", "", WAIT).expect("wait");
+    let e = kind("d", &pod("idle", &["ipc"]));
+    assert_eq!(e.kind(), Some(ErrorKind::FailedPrecondition), "{e:?}");
+    for id in ["idle", "sb"] {
+        agent.client.remove_container(id).expect("remove");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    assert!(
+        wait_until(deadline, || common::children_of(agent.pid()).is_empty()),
+        "processes left: {:?}",
+        common::children_of(agent.pid())
+    );
+}
+
+/// Mounts made by a test on this host, undone (lazily, innermost first) however it ends.
+struct HostMounts(Vec<std::path::PathBuf>);
+
+impl HostMounts {
+    fn tmpfs(&mut self, at: &std::path::Path) {
+        use nix::mount::{mount, MsFlags};
+        std::fs::create_dir_all(at).expect("mkdir");
+        mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| panic!("mount tmpfs on {at:?}: {e}"));
+        self.0.push(at.to_path_buf());
+    }
+}
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for at in self.0.iter().rev() {
+            let _ = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Reads a process's stdout until it holds `want`; returns all read.
+fn read_until(agent: &Agent, id: &str, want: &str) -> String {
+    let mut out = Vec::new();
+    while !text(&out).contains(want) {
+        match agent.client.read_stdout(id, "", 0).expect("read") {
+            Some(chunk) => out.extend(chunk),
+            None => panic!("EOF before {want:?}: {}", text(&out)),
+        }
+    }
+    text(&out)
+}
+
+/// One bind mount with propagation `prop` (root propagation `root` as containerd sets it)
+/// of a shared source on this host (the guest's mounts are shared): whether a tmpfs
+/// mounted under the source after start shows inside, and whether one mounted inside shows
+/// under the source.
+fn propagation_case(prop: &str, root: Option<&str>) -> (bool, bool) {
+    use nix::mount::{mount, MsFlags};
+    let agent = Agent::start();
+    let src = agent.dir.path().join("src");
+    let mut mounts = HostMounts(Vec::new());
+    mounts.tmpfs(&src);
+    mount(
+        None::<&str>,
+        &src,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .expect("make the source shared");
+    let script = "grep -E ' /data ' /proc/self/mountinfo; echo up; read x; test -e /data/sub/outer && echo in-seen || echo in-unseen; \
+                  mkdir /data/inner && mount -t tmpfs none /data/inner && \
+                  touch /data/inner/imark && echo mounted; read y";
+    let mut s = spec(&["sh", "-c", script]);
+    for set in ["bounding", "effective", "permitted"] {
+        s["process"]["capabilities"][set] = json!(["CAP_SYS_ADMIN"]);
+    }
+    s["process"]["capabilities"]["ambient"] = json!([]);
+    if let Some(r) = root {
+        s["linux"]["rootfsPropagation"] = json!(r);
+    }
+    s["mounts"].as_array_mut().expect("mounts").push(json!({
+        "destination": "/data", "type": "bind", "source": src, "options": ["rbind", prop]
+    }));
+    agent.run("prop", &s);
+    read_until(&agent, "prop", "up");
+    let sub = src.join("sub");
+    mounts.tmpfs(&sub);
+    std::fs::write(sub.join("outer"), "x").expect("marker");
+    agent
+        .client
+        .write_stdin("prop", "", b"go\n")
+        .expect("stdin");
+    let out = read_until(&agent, "prop", "mounted");
+    let inside = out.contains("in-seen");
+    assert!(inside || out.contains("in-unseen"), "{out}");
+    let inner = src.join("inner");
+    let outside = inner.join("imark").exists();
+    if outside {
+        mounts.0.push(inner);
+    }
+    agent
+        .client
+        .write_stdin("prop", "", b"end\n")
+        .expect("stdin");
+    let st = agent.client.wait_process("prop", "", WAIT).expect("wait");
+    assert_eq!(st.exit_status, 0);
+    agent.client.remove_container("prop").expect("remove");
+    (inside, outside)
+}
+
+/// `rprivate`: neither way.
+#[test]
+fn bind_propagation_rprivate() {
+    assert_eq!(propagation_case("rprivate", None), (false, false));
+}
+
+/// `rslave` (containerd's HostToContainer): the host's mounts reach the container only.
+#[test]
+fn bind_propagation_rslave() {
+    assert_eq!(propagation_case("rslave", Some("rslave")), (true, false));
+    assert_eq!(propagation_case("rslave", None), (true, false));
+}
+
+/// `rshared` (containerd's Bidirectional, which sets the root `rshared`): both ways; this
+/// used to fail the root switch.
+#[test]
+fn bind_propagation_rshared() {
+    assert_eq!(propagation_case("rshared", Some("rshared")), (true, true));
+}

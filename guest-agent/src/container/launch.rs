@@ -20,10 +20,44 @@ use crate::setup::config::{LaunchConfig, SyncMessage, SETUP_ARG};
 pub struct Launched {
     /// Its pid.
     pub pid: i32,
-    /// Writing one byte here lets it exec; dropping it makes it exit.
-    pub start: File,
+    /// Lets it exec; dropping it makes the process exit.
+    pub start: Starter,
     /// The master of the terminal the process made in its container's devpts, if any.
     pub console: Option<OwnedFd>,
+}
+
+/// The two ends the agent holds of a process waiting to exec.
+pub struct Starter {
+    /// Writing one byte here lets the process exec.
+    start: File,
+    /// The rest of its report: EOF once `execve` succeeded (the write end is close-on-exec),
+    /// or a failure line.
+    sync: BufReader<File>,
+}
+
+impl Starter {
+    /// Lets the process exec and returns once it has: only then is the program in charge of
+    /// its signals. A container's init is PID 1 of its pid namespace, and the kernel drops a
+    /// signal to it for which it has no handler, so a SIGTERM sent while the process is
+    /// still the setup code (default dispositions) would be lost. runc's `start` also
+    /// returns only after the exec (its exec fifo is close-on-exec).
+    pub fn start(mut self) -> Result<()> {
+        self.start
+            .write_all(&[1])
+            .map_err(|e| Error::io("start process", e))?;
+        drop(self.start);
+        let mut failure = None;
+        for line in self.sync.lines() {
+            let Ok(line) = line else { break };
+            failure = Some(match serde_json::from_str::<SyncMessage>(&line) {
+                Ok(SyncMessage::Invalid(m)) => Error::InvalidArgument(m),
+                Ok(SyncMessage::Error(m)) => Error::Setup(m),
+                Ok(other) => Error::Setup(format!("unexpected report after start: {other:?}")),
+                Err(e) => Error::Setup(format!("bad report {line:?}: {e}")),
+            });
+        }
+        failure.map_or(Ok(()), Err)
+    }
 }
 
 /// Copies descriptor `fd` of process `pid` into this process (`pidfd_getfd(2)`).
@@ -123,9 +157,17 @@ pub fn launch(cfg: &LaunchConfig, stdio: ChildStdio, reaper: &Reaper) -> Result<
     let mut console = None;
     let mut ready = false;
     let mut failure = None;
-    for line in BufReader::new(File::from(sync_r)).lines() {
-        let Ok(line) = line else { break };
-        match serde_json::from_str::<SyncMessage>(&line) {
+    let mut sync = BufReader::new(File::from(sync_r));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        // Not `lines()`: the reader is kept for the report after the start byte.
+        match sync.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = line.trim_end();
+        match serde_json::from_str::<SyncMessage>(line) {
             Ok(SyncMessage::Pid(p)) => {
                 reaper.watch(p);
                 pid = Some(p);
@@ -167,7 +209,10 @@ pub fn launch(cfg: &LaunchConfig, stdio: ChildStdio, reaper: &Reaper) -> Result<
     match (outcome, pid) {
         (Ok(()), Some(pid)) => Ok(Launched {
             pid,
-            start: File::from(start_w),
+            start: Starter {
+                start: File::from(start_w),
+                sync,
+            },
             console,
         }),
         (Ok(()), None) => Err(Error::Setup("setup reported ready without a pid".into())),

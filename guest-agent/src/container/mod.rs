@@ -1,18 +1,17 @@
 //! Containers and their processes: the state the agent keeps and the operations of the API.
 
 pub mod launch;
+pub mod pod;
 pub mod spec;
 pub mod stdio;
 
 use husk_lock::MutexExt;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use husk_protocol::agent::ContainerStatsResponse;
+use husk_protocol::agent::{ContainerStatsResponse, PodNamespaces};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process as OciProcess, Spec};
@@ -36,8 +35,8 @@ pub struct ProcessEntry {
 }
 
 enum State {
-    /// Set up, waiting for start; writing a byte to the pipe starts it.
-    Created(File),
+    /// Set up, waiting for start.
+    Created(launch::Starter),
     /// Started.
     Running,
 }
@@ -136,8 +135,9 @@ impl Runtime {
         Ok((c, p))
     }
 
-    /// Creates a container; its init process waits for [`Runtime::start`].
-    pub fn create(&self, id: &str, spec_json: &[u8]) -> Result<u32> {
+    /// Creates a container, joining the namespaces `pod` names of its pod's sandbox
+    /// container; its init process waits for [`Runtime::start`].
+    pub fn create(&self, id: &str, spec_json: &[u8], pod: Option<&PodNamespaces>) -> Result<u32> {
         spec::check_id("container id", id)?;
         {
             let containers = lock(&self.containers);
@@ -146,13 +146,43 @@ impl Runtime {
                 return Err(Error::AlreadyExists(id.to_string()));
             }
         }
-        let result = self.create_reserved(id, spec_json);
+        let result = self.create_reserved(id, spec_json, pod);
         lock(&self.creating).remove(id);
         result
     }
 
-    fn create_reserved(&self, id: &str, spec_json: &[u8]) -> Result<u32> {
-        let spec = spec::load(&self.config.share, id, spec_json)?;
+    /// Points the spec's pod namespaces at those of the sandbox container's init.
+    fn join_pod(&self, spec: &mut Spec, pod: &PodNamespaces) -> Result<pod::Joined> {
+        spec::check_id("sandbox id", &pod.sandbox_id)?;
+        let sandbox = lock(&self.containers)
+            .get(&pod.sandbox_id)
+            .cloned()
+            .ok_or_else(|| Error::SandboxNotFound(pod.sandbox_id.clone()))?;
+        let running = || {
+            matches!(*lock(&sandbox.state), State::Running)
+                && self.reaper.status(sandbox.init.pid).is_none()
+        };
+        if !running() {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {:?} is not running",
+                pod.sandbox_id
+            )));
+        }
+        pod::join(spec, &pod.types, &pod.sandbox_id, sandbox.init.pid, running)
+    }
+
+    fn create_reserved(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        pod: Option<&PodNamespaces>,
+    ) -> Result<u32> {
+        let mut spec = spec::load(&self.config.share, id, spec_json)?;
+        // Held open until the container process has joined them.
+        let _joined = match pod.filter(|p| !p.sandbox_id.is_empty() || !p.types.is_empty()) {
+            Some(p) => Some(self.join_pod(&mut spec, p)?),
+            None => None,
+        };
         let rootfs = spec::resolve_rootfs(&self.config.share, id, &spec)?;
         let terminal = spec
             .process()
@@ -170,10 +200,11 @@ impl Runtime {
             ) {
                 cg.apply(res)?;
             }
+            // As runc: set in the container's UTS namespace, new or joined.
             let hostname = spec
                 .hostname()
                 .clone()
-                .filter(|_| spec::new_namespace(&spec, LinuxNamespaceType::Uts));
+                .filter(|_| spec::has_namespace(&spec, LinuxNamespaceType::Uts));
             let cfg = LaunchConfig {
                 mode: LaunchMode::Create {
                     spec: Box::new(spec.clone()),
@@ -221,20 +252,24 @@ impl Runtime {
     /// Lets the init process exec the container's program.
     pub fn start(&self, id: &str) -> Result<()> {
         let c = self.get(id)?;
-        let mut state = lock(&c.state);
-        if self.reaper.status(c.init.pid).is_some() {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id} has exited"
-            )));
-        }
-        match std::mem::replace(&mut *state, State::Running) {
-            State::Created(mut start) => start
-                .write_all(&[1])
-                .map_err(|e| Error::io("start container", e)),
-            State::Running => Err(Error::FailedPrecondition(format!(
-                "container {id} is already started"
-            ))),
-        }
+        let starter = {
+            let mut state = lock(&c.state);
+            if self.reaper.status(c.init.pid).is_some() {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} has exited"
+                )));
+            }
+            match std::mem::replace(&mut *state, State::Running) {
+                State::Created(starter) => starter,
+                State::Running => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {id} is already started"
+                    )))
+                }
+            }
+        };
+        // Outside the lock: this waits for the program's exec.
+        starter.start()
     }
 
     /// Runs an extra process inside a started, living container.
@@ -284,10 +319,12 @@ impl Runtime {
         let (io, child) = ProcessIo::new(process.terminal() == Some(true))?;
         let mut launched = launch::launch(&cfg, child, &self.reaper)?;
         let io = io.with_console(launched.console.take());
-        launched
-            .start
-            .write_all(&[1])
-            .map_err(|e| Error::io("start exec", e))?;
+        if let Err(e) = launched.start.start() {
+            // It exits on its own after a failed exec; reap it so nothing is left.
+            let _ = self.reaper.wait(launched.pid, Some(KILL_WAIT));
+            self.reaper.forget(launched.pid);
+            return Err(e);
+        }
         Ok(ProcessEntry {
             pid: launched.pid,
             io,

@@ -77,12 +77,13 @@ pub fn resolve_rootfs(share: &Path, id: &str, spec: &Spec) -> Result<PathBuf> {
     Ok(real)
 }
 
-/// Whether the spec asks for a new namespace of this type (listed without a path).
-pub fn new_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
+/// Whether the spec lists a namespace of this type (new, or joined through a path), i.e. the
+/// container does not stay in the agent's.
+pub fn has_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
     spec.linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|nss| nss.iter().any(|n| n.typ() == typ && n.path().is_none()))
+        .is_some_and(|nss| nss.iter().any(|n| n.typ() == typ))
 }
 
 #[cfg(test)]

@@ -179,6 +179,17 @@ pub fn setup() -> Result<(), InitError> {
         switch_root::move_root_to_tmpfs(&exe)?;
     }
     mount_base()?;
+    // Shared, as on a host with systemd: containers then get the guest's mounts under a
+    // bind source (`rslave`, the default root propagation) and, with `rshared`, give theirs
+    // back, as under runc. Mounts made later (the share) are shared too.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| InitError::Sys("make / rshared".into(), e))?;
     attach_console();
     let t0 = init_t0();
     println!(

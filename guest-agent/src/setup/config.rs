@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// fd of the setup process carrying the [`LaunchConfig`] (read to EOF).
 pub const CONFIG_FD: i32 = 3;
-/// fd on which the setup process writes [`SyncMessage`] lines to the agent.
+/// fd on which the setup process writes [`SyncMessage`] lines to the agent. It is
+/// close-on-exec and the container process holds the only write end: after `Ready` and the
+/// start byte, its EOF tells the agent that `execve` succeeded, and an `Invalid`/`Error`
+/// line before that EOF that it failed.
 pub const SYNC_FD: i32 = 4;
 /// fd from which the container process reads one byte before exec ("start").
 pub const START_FD: i32 = 5;
@@ -44,7 +47,7 @@ pub struct LaunchConfig {
     pub mode: LaunchMode,
     /// Cgroup v2 directory to join, if any.
     pub cgroup: Option<PathBuf>,
-    /// Hostname to set (only with a new UTS namespace).
+    /// Hostname to set (only in a UTS namespace of the container's own, new or joined).
     pub hostname: Option<String>,
 }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod mounts;
 pub mod process;
+pub mod propagation;
 pub mod seccomp;
 pub mod sysctl;
 
@@ -53,11 +54,15 @@ fn send(msg: &SyncMessage) {
     }
 }
 
-fn fail(err: SetupError) -> ! {
-    send(&match err {
+fn report(err: SetupError) -> SyncMessage {
+    match err {
         SetupError::Invalid(m) => SyncMessage::Invalid(m),
         other => SyncMessage::Error(other.to_string()),
-    });
+    }
+}
+
+fn fail(err: SetupError) -> ! {
+    send(&report(err));
     std::process::exit(1)
 }
 
@@ -241,9 +246,10 @@ fn stage2(cfg: LaunchConfig) -> Result<()> {
         _ => std::process::exit(1),
     }
     drop(start);
-    // The agent stopped listening after Ready: from here on errors go to the stderr.
+    // The agent reads the sync pipe until exec closes it (close-on-exec), so a start returns
+    // only once the program runs, as runc's does; a failed exec is reported there instead.
     let err = prepared.exec();
-    eprintln!("husk-agent: {err}");
+    send(&report(err));
     std::process::exit(127)
 }
 

@@ -300,10 +300,21 @@ fn populate_dev(rootfs: &Path, spec: &Spec, terminal: bool) -> Result<()> {
 /// Switches the root to `rootfs`: pivot_root, or MS_MOVE + chroot when the current root
 /// cannot be pivoted (it is the initramfs, design §5).
 fn switch_root(rootfs: &Path) -> Result<()> {
+    super::propagation::unshare_old_root()?;
+    // After pivot_root(".", ".") the old root sits on top of the new one, but "." and "/"
+    // still name the new root: only a descriptor of the old root reaches it, to make it a
+    // slave (so its unmount does not propagate) and detach it without touching the new
+    // root's mounts (their propagation is the spec's).
+    let old_root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SetupError::Sys("open old root".into(), e))?;
     sys(|| format!("chdir {rootfs:?}"), chdir(rootfs))?;
     match pivot_root(".", ".") {
         Ok(()) => {
-            // The old root sits on top now; detach it without telling the host.
+            sys(|| "fchdir old root".into(), nix::unistd::fchdir(&old_root))?;
             sys(
                 || "make old root rslave".into(),
                 mount(
@@ -328,6 +339,7 @@ fn switch_root(rootfs: &Path) -> Result<()> {
         }
         Err(e) => return Err(SetupError::Sys("pivot_root".into(), e)),
     }
+    drop(old_root);
     sys(|| "chdir /".into(), chdir("/"))
 }
 
@@ -406,24 +418,9 @@ fn remount_root_readonly() -> Result<()> {
 /// returns the master of the terminal made in the container's devpts, if it has one.
 pub fn setup_rootfs(spec: &Spec, rootfs: &Path, terminal: bool) -> Result<Option<OwnedFd>> {
     let linux = spec.linux().as_ref();
-    let propagation = match linux
-        .and_then(|l| l.rootfs_propagation().as_deref())
-        .unwrap_or("rprivate")
-    {
-        "shared" | "rshared" => MsFlags::MS_SHARED,
-        "slave" | "rslave" => MsFlags::MS_SLAVE,
-        "unbindable" | "runbindable" => MsFlags::MS_UNBINDABLE,
-        _ => MsFlags::MS_PRIVATE,
-    };
-    sys(
-        || "root propagation".into(),
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            propagation | MsFlags::MS_REC,
-            None::<&str>,
-        ),
+    super::propagation::prepare_root(
+        linux.and_then(|l| l.rootfs_propagation().as_deref()),
+        rootfs,
     )?;
     sys(
         || format!("bind rootfs {rootfs:?}"),

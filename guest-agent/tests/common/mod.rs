@@ -204,7 +204,8 @@ pub fn make_rootfs(bundle: &Path) -> PathBuf {
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
     for applet in [
         "sh", "cat", "echo", "id", "sleep", "pwd", "hostname", "touch", "mkdir", "stty", "grep",
-        "head", "ls", "test", "true", "false", "wc",
+        "head", "ls", "test", "true", "false", "wc", "top", "ps", "ipcs", "ipcrm", "mount",
+        "umount", "readlink", "stat", "sysctl",
     ] {
         let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
     }
@@ -301,4 +302,107 @@ pub fn runc_run(bundle: &Path, id: &str, spec: &Value) -> (i32, Vec<u8>, Vec<u8>
         .args(["delete", "-f", id])
         .output();
     (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
+}
+
+/// Debian's runc, driven step by step (create, start, kill) like containerd drives it.
+pub struct Runc {
+    state: PathBuf,
+    bundle: PathBuf,
+    id: String,
+}
+
+impl Runc {
+    /// `runc create` of `spec` in `bundle` (stdio to /dev/null). Fails the test when runc is
+    /// not installed or refuses.
+    pub fn create(bundle: &Path, id: &str, spec: &Value) -> Runc {
+        let r = Runc {
+            state: bundle.join("runc-state"),
+            bundle: bundle.to_path_buf(),
+            id: id.to_string(),
+        };
+        std::fs::write(bundle.join("config.json"), spec.to_string()).expect("config.json");
+        // The container inherits runc create's stdio: a pipe would stay open while it runs.
+        let log = bundle.join("runc-create.log");
+        let status = Command::new(Self::runc())
+            .arg("--root")
+            .arg(&r.state)
+            .args(["create", "--bundle"])
+            .arg(&r.bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("runc log"))
+            .status()
+            .expect("runc create");
+        assert!(
+            status.success(),
+            "runc create: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        r
+    }
+
+    fn runc() -> &'static Path {
+        let runc = Path::new("/usr/sbin/runc");
+        assert!(
+            runc.is_file(),
+            "this test compares with runc: {} is missing (apt-get install runc)",
+            runc.display()
+        );
+        runc
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new(Self::runc())
+            .arg("--root")
+            .arg(&self.state)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("runc")
+    }
+
+    fn ok(&self, args: &[&str]) {
+        let out = self.cmd(args);
+        assert!(
+            out.status.success(),
+            "runc {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `runc start`.
+    pub fn start(&self) {
+        self.ok(&["start", &self.id]);
+    }
+
+    /// `runc kill <sig>` to the init process.
+    pub fn kill(&self, sig: &str) {
+        self.ok(&["kill", &self.id, sig]);
+    }
+
+    fn state(&self) -> Value {
+        let out = self.cmd(&["state", &self.id]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// The status `runc state` reports ("created", "running", "stopped").
+    pub fn status(&self) -> String {
+        self.state()["status"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Pid of the container's init process.
+    pub fn pid(&self) -> u32 {
+        let v = self.state();
+        v["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or_else(|| panic!("runc state has no pid: {v}"))
+    }
+}
+
+impl Drop for Runc {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["delete", "-f", &self.id]);
+    }
 }
