@@ -15,6 +15,7 @@ pub mod builder;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+pub mod log_limit;
 pub mod memory;
 pub mod metrics;
 #[cfg(test)]

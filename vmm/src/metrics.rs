@@ -28,6 +28,10 @@ pub struct Metrics {
     pub vsock_connections: AtomicU64,
     /// Malformed requests from the guest that devices rejected.
     pub guest_errors: AtomicU64,
+    /// Control packets (RSTs) for the guest that vsock dropped because its bounded queue of
+    /// packets waiting for guest rx buffers was full: a guest sending faster than it takes
+    /// the answers. Not yet in the control API's reply (that type lives in `husk-vmm-api`).
+    pub vsock_rx_dropped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -44,6 +48,7 @@ impl Default for Metrics {
             vsock_tx_bytes: AtomicU64::new(0),
             vsock_connections: AtomicU64::new(0),
             guest_errors: AtomicU64::new(0),
+            vsock_rx_dropped: AtomicU64::new(0),
         }
     }
 }

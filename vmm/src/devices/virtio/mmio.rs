@@ -120,7 +120,7 @@ impl MmioTransport {
         // Bits may only be added, in order (spec 3.1.1); anything else fails the device.
         let added = val & !self.device_status;
         if val & self.device_status != self.device_status {
-            tracing::debug!("virtio-mmio: driver cleared status bits; ignoring");
+            crate::guest_debug!("virtio-mmio: driver cleared status bits; ignoring");
             return;
         }
         self.device_status = val;
@@ -140,7 +140,7 @@ impl MmioTransport {
     fn activate(&mut self) {
         for (i, q) in self.queues.iter_mut().enumerate() {
             if q.ready() && !q.is_valid(&self.mem) {
-                tracing::warn!("virtio-mmio: queue {i} is invalid");
+                crate::guest_warn!("virtio-mmio: queue {i} is invalid");
                 self.device_status |= status::DEVICE_NEEDS_RESET;
                 return;
             }
@@ -157,7 +157,7 @@ impl MmioTransport {
         match res {
             Ok(()) => self.activated = true,
             Err(e) => {
-                tracing::error!("virtio device activation failed: {e}");
+                crate::guest_log!(ERROR, "virtio device activation failed: {e}");
                 self.device_status |= status::DEVICE_NEEDS_RESET;
                 self.interrupt.trigger(super::VIRTIO_MMIO_INT_CONFIG);
             }
@@ -251,7 +251,7 @@ impl MmioTransport {
             0xa4 => self
                 .selected_queue()
                 .map_or((), |q| q.set_used_ring_address(None, Some(v))),
-            _ => tracing::debug!("virtio-mmio: write to unknown register {offset:#x}"),
+            _ => crate::guest_debug!("virtio-mmio: write to unknown register {offset:#x}"),
         }
     }
 

@@ -76,13 +76,13 @@ impl<B: VsockBackend> VsockDevice<B> {
             let head = chain.head_index();
             let pkt = read_from_chain(&a.mem, chain);
             if let Err(e) = a.queues[TXQ].add_used(&a.mem, head, 0) {
-                tracing::warn!("vsock: tx add_used: {e}");
+                crate::guest_warn!("vsock: tx add_used: {e}");
             }
             used = true;
             match pkt {
                 Ok(p) => self.backend.send_pkt(p),
                 Err(e) => {
-                    tracing::debug!("vsock: dropping tx packet: {e}");
+                    crate::guest_warn!("vsock: dropping a malformed tx packet: {e}");
                     self.metrics.guest_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -109,7 +109,7 @@ impl<B: VsockBackend> VsockDevice<B> {
                     Some(pkt) => match write_to_chain(&a.mem, chain, &pkt) {
                         Ok(n) => n,
                         Err(e) => {
-                            tracing::warn!("vsock: lost rx packet: {e}");
+                            crate::guest_warn!("vsock: lost rx packet: {e}");
                             0
                         }
                     },
@@ -119,13 +119,13 @@ impl<B: VsockBackend> VsockDevice<B> {
                     }
                 },
                 Err(e) => {
-                    tracing::debug!("vsock: bad rx buffer: {e}");
+                    crate::guest_warn!("vsock: bad rx buffer: {e}");
                     self.metrics.guest_errors.fetch_add(1, Ordering::Relaxed);
                     0
                 }
             };
             if let Err(e) = a.queues[RXQ].add_used(&a.mem, head, len) {
-                tracing::warn!("vsock: rx add_used: {e}");
+                crate::guest_warn!("vsock: rx add_used: {e}");
             }
             used = true;
         }

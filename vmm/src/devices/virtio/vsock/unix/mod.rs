@@ -7,6 +7,8 @@
 mod deadlines;
 mod handshake;
 mod muxer;
+mod rxq;
 
 pub use handshake::{parse_connect, HandshakeError, MAX_HANDSHAKE_LEN};
 pub use muxer::{MuxerError, VsockMuxer};
+pub use rxq::MUXER_RXQ_SIZE;

@@ -2,7 +2,7 @@
 //! connections for guest-initiated ones, and one [`Connection`] per stream, all driven by a
 //! private epoll set that the VMM's event loop watches through [`AsRawFd`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -16,6 +16,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::deadlines::{Deadlines, Opening};
 use super::handshake::{parse_connect, MAX_HANDSHAKE_LEN};
+use super::rxq::{ConnKey, RxItem, RxQueue};
 use crate::devices::virtio::vsock::csm::{ConnState, Connection};
 use crate::devices::virtio::vsock::packet::{VsockHeader, VsockPacket};
 use crate::devices::virtio::vsock::{
@@ -35,20 +36,11 @@ const MAX_CONNECTIONS: usize = 1024;
 /// answers at once (RST).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// (host port, guest port).
-type ConnKey = (u32, u32);
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
     Listener,
     Timer,
     Handshake,
-    Conn(ConnKey),
-}
-
-#[derive(Debug)]
-enum RxItem {
-    Raw(VsockHeader),
     Conn(ConnKey),
 }
 
@@ -72,7 +64,8 @@ pub struct VsockMuxer {
     conns: HashMap<ConnKey, Connection>,
     handshakes: HashMap<RawFd, UnixStream>,
     owners: HashMap<RawFd, (Owner, EventSet)>,
-    rxq: VecDeque<RxItem>,
+    /// What waits for guest rx buffers; bounded, see [`RxQueue`].
+    rxq: RxQueue,
     next_local_port: u32,
     metrics: Arc<Metrics>,
     timer: TimerFd,
@@ -121,7 +114,7 @@ impl VsockMuxer {
             conns: HashMap::new(),
             handshakes: HashMap::new(),
             owners: HashMap::new(),
-            rxq: VecDeque::new(),
+            rxq: RxQueue::default(),
             next_local_port: LOCAL_PORT_BASE,
             metrics,
             timer,
@@ -141,6 +134,59 @@ impl VsockMuxer {
     /// Number of live connections.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Items waiting for guest rx buffers (at most [`MUXER_RXQ_SIZE`](super::MUXER_RXQ_SIZE)).
+    pub fn pending_rx_len(&self) -> usize {
+        self.rxq.len()
+    }
+
+    /// Control packets for the guest dropped because the rx queue was full.
+    pub fn dropped_rx_count(&self) -> u64 {
+        self.rxq.dropped()
+    }
+
+    /// Queues control packet `hdr` for the guest, or drops and counts it if the queue is full.
+    fn queue_raw(&mut self, hdr: VsockHeader) {
+        if !self.rxq.push_raw(hdr) {
+            self.metrics
+                .vsock_rx_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            crate::guest_warn!(
+                "vsock: the guest leaves its rx queue full; dropping an RST to its port {} \
+                 ({} dropped so far)",
+                hdr.dst_port,
+                self.rxq.dropped()
+            );
+        }
+    }
+
+    /// Counts a packet the guest should not have sent.
+    fn guest_error(&self, what: &str, h: &VsockHeader) {
+        self.metrics.guest_errors.fetch_add(1, Ordering::Relaxed);
+        crate::guest_warn!(
+            "vsock: {what} (op {}, type {}, {}:{} -> {}:{})",
+            h.op,
+            h.type_,
+            h.src_cid,
+            h.src_port,
+            h.dst_cid,
+            h.dst_port
+        );
+    }
+
+    /// Queues every connection with something to send that is not queued yet, as far as the
+    /// queue has room; needed after a connection found the queue full.
+    fn rescan(&mut self) {
+        self.rxq.mark_synced();
+        for (key, conn) in &mut self.conns {
+            if conn.has_pending_rx() && !conn.in_rxq {
+                if !self.rxq.push_conn(*key) {
+                    return;
+                }
+                conn.in_rxq = true;
+            }
+        }
     }
 
     /// Registers, modifies or (for an empty set) removes `fd` in the private epoll.
@@ -205,9 +251,8 @@ impl VsockMuxer {
             self.conns.remove(&key);
             return;
         }
-        if conn.has_pending_rx() && !conn.in_rxq {
+        if conn.has_pending_rx() && !conn.in_rxq && self.rxq.push_conn(key) {
             conn.in_rxq = true;
-            self.rxq.push_back(RxItem::Conn(key));
         }
         let ev = conn.interest();
         if let Err(e) = self.set_interest(fd, Owner::Conn(key), ev) {
@@ -338,7 +383,7 @@ impl VsockMuxer {
                     if conn.state() != ConnState::LocalInit {
                         continue;
                     }
-                    tracing::warn!(
+                    crate::guest_warn!(
                         "vsock: the guest did not answer a connection to port {peer} within {:?}",
                         self.open_timeout
                     );
@@ -346,7 +391,7 @@ impl VsockMuxer {
                     self.forget_fd(fd);
                     self.conns.remove(&key);
                     let rst = self.rst_to_guest(local, peer);
-                    self.rxq.push_back(RxItem::Raw(rst));
+                    self.queue_raw(rst);
                 }
             }
         }
@@ -380,7 +425,7 @@ impl VsockMuxer {
         } else {
             UnixStream::connect(&path)
                 .and_then(|s| s.set_nonblocking(true).map(|_| s))
-                .map_err(|e| tracing::debug!("vsock: guest connect to {path}: {e}"))
+                .map_err(|e| crate::guest_debug!("vsock: guest connect to {path}: {e}"))
                 .ok()
         };
         match stream {
@@ -394,7 +439,7 @@ impl VsockMuxer {
             }
             None => {
                 let rst = self.rst_for(h);
-                self.rxq.push_back(RxItem::Raw(rst));
+                self.queue_raw(rst);
             }
         }
     }
@@ -402,7 +447,11 @@ impl VsockMuxer {
 
 impl VsockChannel for VsockMuxer {
     fn recv_pkt(&mut self, max_payload: usize) -> Option<VsockPacket> {
-        while let Some(item) = self.rxq.pop_front() {
+        loop {
+            if self.rxq.is_empty() && self.rxq.needs_rescan() {
+                self.rescan();
+            }
+            let item = self.rxq.pop()?;
             match item {
                 RxItem::Raw(hdr) => return Some(VsockPacket { hdr, data: vec![] }),
                 RxItem::Conn(key) => {
@@ -421,24 +470,28 @@ impl VsockChannel for VsockMuxer {
                 }
             }
         }
-        None
     }
 
     fn send_pkt(&mut self, pkt: VsockPacket) {
         let h = pkt.hdr;
         if h.dst_cid != VSOCK_HOST_CID || h.src_cid != self.guest_cid {
-            self.metrics.guest_errors.fetch_add(1, Ordering::Relaxed);
+            self.guest_error("packet with wrong CIDs dropped", &h);
             return;
         }
         let key = (h.dst_port, h.src_port);
         if h.type_ != VSOCK_TYPE_STREAM {
             if h.op != op::RST {
+                self.guest_error("packet of an unsupported socket type reset", &h);
                 let rst = self.rst_for(&h);
-                self.rxq.push_back(RxItem::Raw(rst));
+                self.queue_raw(rst);
             }
             return;
         }
         if let Some(conn) = self.conns.get_mut(&key) {
+            if !(op::REQUEST..=op::CREDIT_REQUEST).contains(&h.op) {
+                // The connection resets itself on it; the count is ours.
+                self.metrics.guest_errors.fetch_add(1, Ordering::Relaxed);
+            }
             if h.op == op::REQUEST && conn.state() != ConnState::LocalInit {
                 // A second REQUEST for a live connection: reset it.
                 let rst = VsockPacket {
@@ -446,8 +499,9 @@ impl VsockChannel for VsockMuxer {
                     data: vec![],
                 };
                 conn.send_pkt(rst);
+                self.guest_error("second REQUEST for a live connection; reset it", &h);
                 let rst = self.rst_for(&h);
-                self.rxq.push_back(RxItem::Raw(rst));
+                self.queue_raw(rst);
             } else {
                 let f = conn.send_pkt(pkt);
                 self.metrics
@@ -460,15 +514,22 @@ impl VsockChannel for VsockMuxer {
         match h.op {
             op::REQUEST => self.guest_connect(&h),
             op::RST => {}
-            _ => {
+            o => {
+                // Not counted as an error when the op is valid: the host may have closed the
+                // connection while the guest was still sending on it.
+                if !(op::REQUEST..=op::CREDIT_REQUEST).contains(&o) {
+                    self.guest_error("packet with an unknown op reset", &h);
+                }
                 let rst = self.rst_for(&h);
-                self.rxq.push_back(RxItem::Raw(rst));
+                self.queue_raw(rst);
             }
         }
     }
 
     fn has_pending_rx(&self) -> bool {
-        !self.rxq.is_empty()
+        // A pending rescan may find nothing; `recv_pkt` then returns `None`, which the
+        // device handles.
+        !self.rxq.is_empty() || self.rxq.needs_rescan()
     }
 }
 
@@ -523,6 +584,7 @@ impl Drop for VsockMuxer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::MUXER_RXQ_SIZE;
     use super::*;
     use std::io::Write;
     use std::time::Duration;
@@ -742,6 +804,105 @@ mod tests {
             ports.len() == 10
         });
         assert_eq!(m.connection_count(), 10);
+    }
+
+    /// A hostile guest sends `n` packets that each deserve an RST (to unknown connections,
+    /// unknown ports, of an unsupported type or op) and never gives an rx buffer back. The
+    /// queue for the guest stays within its bound throughout, the drops are counted, and a
+    /// well-formed connection works afterwards.
+    fn flood_then_connect(n: u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let listener = UnixListener::bind(dir.path().join("v.sock_5000")).unwrap();
+        let capacity = m.rxq.capacity();
+        let started = Instant::now();
+        let mut errors = 0u64;
+        for i in 0..n {
+            let port = 10_000 + (i % 50_000) as u32;
+            let pkt = match i % 5 {
+                0 => guest(op::RW, port, 7000, b""),
+                1 => guest(op::CREDIT_UPDATE, port, 5000, b""),
+                2 => guest(op::SHUTDOWN, port, 5000, b""),
+                3 => {
+                    errors += 1;
+                    let mut p = guest(op::REQUEST, port, 5000, b"");
+                    p.hdr.type_ = 2; // SOCK_DGRAM
+                    p
+                }
+                _ if i % 10_000 == 4 => guest(op::REQUEST, port, 6000, b""), // no listener
+                _ => {
+                    errors += 1;
+                    guest(99, port, 7000, b"")
+                }
+            };
+            m.send_pkt(pkt);
+            assert!(m.pending_rx_len() <= MUXER_RXQ_SIZE, "packet {i}");
+        }
+        eprintln!("{n} bad packets in {:?}", started.elapsed());
+        let bound = MUXER_RXQ_SIZE as u64;
+        assert_eq!(m.pending_rx_len(), MUXER_RXQ_SIZE);
+        assert_eq!(m.rxq.capacity(), capacity, "the queue never grew");
+        assert_eq!(m.dropped_rx_count(), n - bound);
+        assert_eq!(
+            m.metrics.vsock_rx_dropped.load(Ordering::Relaxed),
+            n - bound
+        );
+        assert_eq!(m.metrics.guest_errors.load(Ordering::Relaxed), errors);
+        assert_eq!(m.connection_count(), 0);
+        assert!(m.owners.len() <= 2, "only the listener and the timer");
+
+        // The guest finally takes its answers: the first ones queued, all RSTs.
+        for i in 0..MUXER_RXQ_SIZE as u32 {
+            let rst = m.recv_pkt(4096).unwrap();
+            assert_eq!((rst.hdr.op, rst.hdr.dst_port), (op::RST, 10_000 + i));
+        }
+        assert!(m.recv_pkt(4096).is_none());
+
+        // A well-formed connection gets through.
+        m.send_pkt(guest(op::REQUEST, 40000, 5000, b""));
+        let resp = m.recv_pkt(4096).unwrap();
+        assert_eq!(resp.hdr.op, op::RESPONSE);
+        let (mut s, _) = listener.accept().unwrap();
+        m.send_pkt(guest(op::RW, 40000, 5000, b"ping"));
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+        s.write_all(b"pong").unwrap();
+        pump_until(&mut m, |m| m.has_pending_rx());
+        assert_eq!(m.recv_pkt(4096).unwrap().data, b"pong");
+        assert_eq!(m.dropped_rx_count(), n - bound, "nothing dropped since");
+    }
+
+    #[test]
+    fn guest_flood_of_100k_bad_packets_stays_bounded() {
+        flood_then_connect(100_000);
+    }
+
+    #[test]
+    fn guest_flood_of_10m_bad_packets_stays_bounded() {
+        flood_then_connect(10_000_000);
+    }
+
+    #[test]
+    fn connection_turned_away_by_a_full_queue_is_delivered_after_it_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        for i in 0..MUXER_RXQ_SIZE as u32 + 10 {
+            m.send_pkt(guest(op::RW, 100 + i, 7000, b""));
+        }
+        assert_eq!(m.dropped_rx_count(), 10);
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        client.write_all(b"CONNECT 1024\n").unwrap();
+        pump_until(&mut m, |m| m.connection_count() == 1);
+        assert_eq!(m.pending_rx_len(), MUXER_RXQ_SIZE);
+        assert!(m.rxq.needs_rescan(), "the connection did not fit");
+        for _ in 0..MUXER_RXQ_SIZE {
+            assert_eq!(m.recv_pkt(4096).unwrap().hdr.op, op::RST);
+        }
+        let req = m.recv_pkt(4096).expect("the request, found by the rescan");
+        assert_eq!((req.hdr.op, req.hdr.dst_port), (op::REQUEST, 1024));
+        assert!(!m.has_pending_rx());
+        assert_eq!(m.dropped_rx_count(), 10, "connections are never dropped");
     }
 
     #[test]
