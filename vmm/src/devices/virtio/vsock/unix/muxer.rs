@@ -884,6 +884,37 @@ mod tests {
     }
 
     #[test]
+    fn half_open_flood_stays_bounded_and_every_answer_arrives() {
+        // More connections than the queue holds (but few enough for a 1024-descriptor limit,
+        // both ends counted), none of whose answers the guest takes during the flood.
+        const N: u32 = 400;
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let listener = UnixListener::bind(dir.path().join("v.sock_5000")).unwrap();
+        let acceptor = std::thread::spawn(move || {
+            (0..N)
+                .map(|_| listener.accept().unwrap().0)
+                .collect::<Vec<_>>()
+        });
+        for i in 0..N {
+            m.send_pkt(guest(op::REQUEST, 20_000 + i, 5000, b""));
+            assert!(m.pending_rx_len() <= MUXER_RXQ_SIZE);
+        }
+        assert_eq!(m.connection_count(), N as usize);
+        assert_eq!(m.pending_rx_len(), MUXER_RXQ_SIZE);
+        let _host_ends = acceptor.join().unwrap();
+        // The guest takes its answers: one RESPONSE per connection, none lost or repeated.
+        let mut answered = std::collections::HashSet::new();
+        while let Some(p) = m.recv_pkt(4096) {
+            assert_eq!(p.hdr.op, op::RESPONSE);
+            assert!(answered.insert(p.hdr.dst_port), "one answer each");
+        }
+        assert_eq!(answered.len(), N as usize);
+        assert_eq!(m.dropped_rx_count(), 0);
+        assert!(!m.has_pending_rx());
+    }
+
+    #[test]
     fn connection_turned_away_by_a_full_queue_is_delivered_after_it_drains() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = muxer(dir.path());
