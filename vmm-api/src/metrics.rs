@@ -21,6 +21,10 @@ pub struct Metrics {
     pub vsock_connections: u64,
     /// Malformed requests from the guest that devices rejected.
     pub guest_errors: u64,
+    /// Control packets for the guest (RSTs) dropped because the guest did not take them
+    /// and the bounded queue was full.
+    #[serde(default)]
+    pub vsock_rx_dropped: u64,
 }
 
 /// vCPU exit counters.

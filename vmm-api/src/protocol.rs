@@ -246,6 +246,7 @@ mod tests {
             vsock_tx_bytes: 7,
             vsock_connections: 8,
             guest_errors: 9,
+            vsock_rx_dropped: 10,
         };
         let all = [
             Response::Pong(Pong {

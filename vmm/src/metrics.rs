@@ -71,6 +71,7 @@ impl Metrics {
             vsock_tx_bytes: l(&self.vsock_tx_bytes),
             vsock_connections: l(&self.vsock_connections),
             guest_errors: l(&self.guest_errors),
+            vsock_rx_dropped: l(&self.vsock_rx_dropped),
         }
     }
 }
