@@ -212,11 +212,7 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
-/// Unmounts everything below `dir` and removes it.
-pub fn remove_tree(dir: &Path) {
-    unmount_under(dir);
-    let _ = std::fs::remove_dir_all(dir);
-}
+pub use crate::cleanup::{remove_tree, remove_tree_or_warn, RemoveError};
 
 #[cfg(test)]
 mod tests {
@@ -315,7 +311,7 @@ mod root_tests {
             Some(nix::errno::Errno::EROFS as i32),
             "{err}"
         );
-        remove_tree(&pod);
+        remove_tree(&pod).expect("remove");
         assert!(!pod.exists());
         assert!(src.join("marker").exists(), "the source is untouched");
     }

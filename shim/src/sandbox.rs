@@ -200,7 +200,7 @@ impl Drop for Partial<'_> {
         if let Some(mut v) = self.virtiofsd.take() {
             child::stop(&mut v, Duration::from_millis(200));
         }
-        mounts::remove_tree(&self.paths.dir);
+        mounts::remove_tree_or_warn(&self.paths.dir);
     }
 }
 
@@ -335,7 +335,7 @@ impl Sandbox {
                 child::stop(&mut v, Duration::from_secs(1));
             }
         }
-        mounts::remove_tree(&self.paths.dir);
+        mounts::remove_tree_or_warn(&self.paths.dir);
     }
 }
 
@@ -381,7 +381,7 @@ pub fn remove_leftovers(paths: &SandboxPaths) {
     let marker = paths.dir.display().to_string();
     child::kill_recorded(&paths.file("vmm.pid"), &marker);
     child::kill_recorded(&paths.file("virtiofsd.pid"), &marker);
-    mounts::remove_tree(&paths.dir);
+    mounts::remove_tree_or_warn(&paths.dir);
 }
 
 #[cfg(test)]
