@@ -170,9 +170,7 @@ pub fn cmdline(config: &Config) -> String {
 }
 
 fn tail(path: &Path) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let start = text.len().saturating_sub(CONSOLE_TAIL);
-    String::from_utf8_lossy(&text[start..]).into_owned()
+    crate::console::tail(path, CONSOLE_TAIL)
 }
 
 /// A running pod VM.
@@ -287,6 +285,9 @@ impl Sandbox {
 
         let agent = wait_for_agent(config, &paths, vm.as_ref())?;
         restrict_sockets(&paths);
+        if let Err(e) = crate::console::after_boot(&paths.console, config.debug_console) {
+            tracing::warn!("empty {}: {e}", paths.console.display());
+        }
         agent.create_sandbox(&CreateSandboxRequest {
             share_tag: SHARE_TAG.to_string(),
             ..Default::default()
