@@ -81,7 +81,7 @@ impl PodLauncher for HostPodLauncher {
         }
         mounts::mount_rootfs(files.rootfs, files.root, &dir.join("rootfs"))?;
         for b in files.binds {
-            mounts::bind(&b.source, &dir.join("mounts").join(&b.name))?;
+            crate::volume::bind_volume(&b.source, &dir.join("mounts").join(&b.name), &b.options)?;
         }
         Ok(())
     }
