@@ -152,7 +152,7 @@ mod root_tests {
         text.lines()
             .filter(|l| l.split(' ').nth(4).map(PathBuf::from) == Some(target.clone()))
             .filter_map(|l| l.split(' ').nth(5).map(str::to_string))
-            .last()
+            .next_back()
             .expect("target is a mount point")
     }
 
