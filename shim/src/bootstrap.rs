@@ -165,7 +165,9 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse, BootError> {
     let role = role_of(&bundle).unwrap_or(PodRole::Standalone);
     let paths = SandboxPaths::new(&config.state_dir, &flags.namespace, role.pod_id(&flags.id));
     match role {
-        PodRole::Member { .. } => crate::mounts::remove_tree(&paths.container_dir(&flags.id)),
+        PodRole::Member { .. } => {
+            crate::mounts::remove_tree_or_warn(&paths.container_dir(&flags.id))
+        }
         PodRole::Standalone | PodRole::Sandbox => {
             sandbox::remove_leftovers(&paths);
             // The dead server could not remove its socket.

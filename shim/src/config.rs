@@ -26,8 +26,12 @@
 //! io_drain_timeout_secs = 5
 //! # error, warn, info, debug or trace.
 //! log_level = "info"
-//! # Keep the guest console in <state_dir>/<namespace>/<pod>/console.log.
+//! # Keep the whole guest console in <state_dir>/<namespace>/<pod>/console.log; without
+//! # it the console is kept only during boot (for boot errors), then emptied.
 //! debug_console = false
+//! # KiB of console husk-vmm may keep on disk (see the `console` module: enforced by the
+//! # VMM, which writes the file; the shim only empties it after boot).
+//! console_log_max_kib = 256
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -112,8 +116,10 @@ pub struct Config {
     pub io_drain_timeout_secs: u64,
     /// Log level.
     pub log_level: String,
-    /// Keep the guest console log.
+    /// Keep the whole guest console log (else only until the boot succeeded).
     pub debug_console: bool,
+    /// Bound on the console log on disk, in KiB, for husk-vmm to enforce ([`crate::console`]).
+    pub console_log_max_kib: u64,
 }
 
 impl Default for Config {
@@ -133,6 +139,7 @@ impl Default for Config {
             io_drain_timeout_secs: 5,
             log_level: "info".to_string(),
             debug_console: false,
+            console_log_max_kib: 256,
         }
     }
 }
@@ -198,6 +205,7 @@ impl Config {
             ("boot_timeout_secs", self.boot_timeout_secs),
             ("agent_timeout_secs", self.agent_timeout_secs),
             ("lifecycle_timeout_secs", self.lifecycle_timeout_secs),
+            ("console_log_max_kib", self.console_log_max_kib),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1".into());
@@ -271,6 +279,7 @@ mod tests {
             ("state_dir = \"rel\"", "state_dir"),
             ("log_level = \"loud\"", "log_level"),
             ("boot_timeout_secs = 0", "boot_timeout_secs"),
+            ("console_log_max_kib = 0", "console_log_max_kib"),
         ] {
             let r = Config::parse(bad, p);
             assert!(

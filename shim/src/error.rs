@@ -96,9 +96,9 @@ impl From<SpecError> for ShimError {
 impl From<MountError> for ShimError {
     fn from(e: MountError) -> Self {
         match e {
-            MountError::MissingRootfs(_) | MountError::TooManyMounts(_) => {
-                ShimError::InvalidArgument(e.to_string())
-            }
+            MountError::MissingRootfs(_)
+            | MountError::TooManyMounts(_)
+            | MountError::RelativeSource(_) => ShimError::InvalidArgument(e.to_string()),
             _ => ShimError::Internal(e.to_string()),
         }
     }

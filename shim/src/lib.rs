@@ -5,7 +5,8 @@
 //! - [`config`], [`annotations`]: configuration file and per-pod annotations;
 //! - [`convert`], [`state`], [`spec`], [`namespaces`]: pure request/response conversions,
 //!   the process state machine, the guest's OCI spec and its namespaces;
-//! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`sandbox`]: the pod VM;
+//! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`volume`], [`cleanup`],
+//!   [`private`], [`console`], [`sandbox`]: the pod VM;
 //! - [`pod`]: the seam between the Task service and the pod VM's host side;
 //! - [`stdio`], [`events`], [`oom`], [`process`], [`service`]: the Task service;
 //! - [`bootstrap`]: the binary's `start`, `delete` and serve actions.
@@ -13,7 +14,9 @@
 pub mod annotations;
 pub mod bootstrap;
 pub mod child;
+pub mod cleanup;
 pub mod config;
+pub mod console;
 pub mod convert;
 pub mod error;
 pub mod events;
@@ -21,6 +24,7 @@ pub mod mounts;
 pub mod namespaces;
 pub mod oom;
 pub mod pod;
+pub mod private;
 pub mod process;
 pub mod sandbox;
 pub mod service;
@@ -29,6 +33,7 @@ pub mod state;
 pub mod stdio;
 pub mod virtiofsd;
 pub mod vmm;
+pub mod volume;
 
 #[cfg(test)]
 mod testing;

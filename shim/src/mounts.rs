@@ -16,6 +16,9 @@ pub enum MountError {
     /// containerd gave more than one rootfs mount.
     #[error("{0} rootfs mounts given; husk supports one")]
     TooManyMounts(usize),
+    /// A bind source is not an absolute path.
+    #[error("bind source {0:?} is not an absolute path")]
+    RelativeSource(PathBuf),
     /// A mount call failed.
     #[error("mount {what} on {target}: {message}")]
     Mount {
@@ -142,8 +145,9 @@ fn mount_snapshot(m: &RootfsMount, target: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Bind-mounts `source` (file or directory) on `target`, creating the mount point.
-pub fn bind(source: &Path, target: &Path) -> Result<(), MountError> {
+/// Creates the mount point `target` for `source`: a directory for a directory, else an
+/// empty file.
+pub fn create_mount_point(source: &Path, target: &Path) -> Result<(), MountError> {
     if source.is_dir() {
         std::fs::create_dir_all(target).map_err(io_err(target))?;
     } else {
@@ -152,6 +156,14 @@ pub fn bind(source: &Path, target: &Path) -> Result<(), MountError> {
         }
         std::fs::File::create(target).map_err(io_err(target))?;
     }
+    Ok(())
+}
+
+/// Bind-mounts `source` (file or directory) on `target` recursively, creating the mount
+/// point: the rootfs given as a directory. Volumes go through
+/// [`crate::volume::bind_volume`], which keeps their options.
+pub fn bind(source: &Path, target: &Path) -> Result<(), MountError> {
+    create_mount_point(source, target)?;
     mount(
         Some(source),
         target,
@@ -212,11 +224,7 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
-/// Unmounts everything below `dir` and removes it.
-pub fn remove_tree(dir: &Path) {
-    unmount_under(dir);
-    let _ = std::fs::remove_dir_all(dir);
-}
+pub use crate::cleanup::{remove_tree, remove_tree_or_warn, RemoveError};
 
 #[cfg(test)]
 mod tests {
@@ -315,7 +323,7 @@ mod root_tests {
             Some(nix::errno::Errno::EROFS as i32),
             "{err}"
         );
-        remove_tree(&pod);
+        remove_tree(&pod).expect("remove");
         assert!(!pod.exists());
         assert!(src.join("marker").exists(), "the source is untouched");
     }

@@ -69,9 +69,19 @@ impl HostPodLauncher {
 
 impl PodLauncher for HostPodLauncher {
     fn share_container(&self, dir: &Path, files: ContainerFiles<'_>) -> Result<(), MountError> {
+        // `dir` is `<pod>/shared/<id>`: the pod directory is made private before anything
+        // is mounted below it (the sandbox container's share comes before the VM).
+        if let Some(pod_dir) = dir.parent().and_then(Path::parent) {
+            crate::private::create_dir(&self.config.state_dir, pod_dir).map_err(|source| {
+                MountError::Io {
+                    path: pod_dir.to_path_buf(),
+                    source,
+                }
+            })?;
+        }
         mounts::mount_rootfs(files.rootfs, files.root, &dir.join("rootfs"))?;
         for b in files.binds {
-            mounts::bind(&b.source, &dir.join("mounts").join(&b.name))?;
+            crate::volume::bind_volume(&b.source, &dir.join("mounts").join(&b.name), &b.options)?;
         }
         Ok(())
     }

@@ -9,10 +9,12 @@
 //! fs.sock                 virtiofsd's vhost-user socket
 //! vsock.sock              the VMM's hybrid vsock socket
 //! api.sock                the VMM's control socket
-//! vmm.json                husk-vmm's configuration (0600)
+//! vmm.json                husk-vmm's configuration
 //! console.log vmm.log virtiofsd.log
 //! vmm.pid virtiofsd.pid   for `shim delete` after a crash
 //! ```
+//!
+//! The directory is 0700 and every file in it 0600 ([`crate::private`]).
 
 use husk_lock::MutexExt;
 use std::path::{Path, PathBuf};
@@ -168,9 +170,7 @@ pub fn cmdline(config: &Config) -> String {
 }
 
 fn tail(path: &Path) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let start = text.len().saturating_sub(CONSOLE_TAIL);
-    String::from_utf8_lossy(&text[start..]).into_owned()
+    crate::console::tail(path, CONSOLE_TAIL)
 }
 
 /// A running pod VM.
@@ -200,7 +200,7 @@ impl Drop for Partial<'_> {
         if let Some(mut v) = self.virtiofsd.take() {
             child::stop(&mut v, Duration::from_millis(200));
         }
-        mounts::remove_tree(&self.paths.dir);
+        mounts::remove_tree_or_warn(&self.paths.dir);
     }
 }
 
@@ -231,9 +231,22 @@ impl Sandbox {
         must_exist(&config.initrd, "guest initrd", "initrd")?;
         let virtiofsd_bin = child::find_helper(&config.virtiofsd, "virtiofsd")
             .ok_or(SandboxError::HelperMissing("virtiofsd"))?;
+        crate::private::create_dir(&config.state_dir, &paths.dir).map_err(|source| {
+            SandboxError::Io {
+                what: "create",
+                path: paths.dir.clone(),
+                source,
+            }
+        })?;
         std::fs::create_dir_all(&paths.shared).map_err(|source| SandboxError::Io {
             what: "create",
             path: paths.shared.clone(),
+            source,
+        })?;
+        // Made by the shim so that it is 0600 from the start; husk-vmm opens it as it is.
+        crate::private::create_file(&paths.console).map_err(|source| SandboxError::Io {
+            what: "create",
+            path: paths.console.clone(),
             source,
         })?;
         let mut partial = Partial {
@@ -246,7 +259,8 @@ impl Sandbox {
         // vhost-user socket, so the VMM's own start overlaps virtiofsd's.
         let fs_log = paths.file("virtiofsd.log");
         let v = virtiofsd::spawn(&virtiofsd_bin, &paths.fs_socket, &paths.shared, &fs_log)?;
-        let _ = std::fs::write(paths.file("virtiofsd.pid"), v.id().to_string());
+        let _ =
+            crate::private::write_file(&paths.file("virtiofsd.pid"), v.id().to_string().as_bytes());
         let v = partial.virtiofsd.insert(v);
 
         let spec = VmSpec {
@@ -265,11 +279,15 @@ impl Sandbox {
             config: paths.file("vmm.json"),
         };
         let vm = launcher.launch(&spec)?;
-        let _ = std::fs::write(paths.file("vmm.pid"), vm.pid().to_string());
+        let _ = crate::private::write_file(&paths.file("vmm.pid"), vm.pid().to_string().as_bytes());
         virtiofsd::wait_socket(v, &paths.fs_socket, &fs_log, VIRTIOFSD_TIMEOUT)?;
         let vm = partial.vm.insert(vm);
 
         let agent = wait_for_agent(config, &paths, vm.as_ref())?;
+        restrict_sockets(&paths);
+        if let Err(e) = crate::console::after_boot(&paths.console, config.debug_console) {
+            tracing::warn!("empty {}: {e}", paths.console.display());
+        }
         agent.create_sandbox(&CreateSandboxRequest {
             share_tag: SHARE_TAG.to_string(),
             ..Default::default()
@@ -335,7 +353,7 @@ impl Sandbox {
                 child::stop(&mut v, Duration::from_secs(1));
             }
         }
-        mounts::remove_tree(&self.paths.dir);
+        mounts::remove_tree_or_warn(&self.paths.dir);
     }
 }
 
@@ -375,13 +393,25 @@ fn wait_for_agent(
     }
 }
 
+/// Narrows the sockets husk-vmm and virtiofsd made to 0600, now that they exist. The 0700
+/// pod directory already keeps others out; this holds even if its mode is changed.
+fn restrict_sockets(paths: &SandboxPaths) {
+    for s in [&paths.fs_socket, &paths.vsock, &paths.api] {
+        match crate::private::restrict_file(s) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("chmod 0600 {}: {e}", s.display()),
+        }
+    }
+}
+
 /// Cleanup for `shim delete` after a crash: kills the pod's recorded helpers (if they still
 /// run) and removes its mounts and directory.
 pub fn remove_leftovers(paths: &SandboxPaths) {
     let marker = paths.dir.display().to_string();
     child::kill_recorded(&paths.file("vmm.pid"), &marker);
     child::kill_recorded(&paths.file("virtiofsd.pid"), &marker);
-    mounts::remove_tree(&paths.dir);
+    mounts::remove_tree_or_warn(&paths.dir);
 }
 
 #[cfg(test)]

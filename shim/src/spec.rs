@@ -46,6 +46,15 @@ pub enum SpecError {
     /// The spec lacks something the shim needs.
     #[error("spec: {0}")]
     Invalid(String),
+    /// A bind mount names a relative host path: relative to what is not defined for a
+    /// bind (runc resolves it against its own working directory), so it is refused.
+    #[error("bind mount on {destination}: source {given:?} is not an absolute path")]
+    RelativeBindSource {
+        /// The mount's destination in the container.
+        destination: PathBuf,
+        /// The source as given.
+        given: PathBuf,
+    },
     /// The spec asks for namespaces of the host, which a VM cannot share.
     #[error(transparent)]
     HostNamespaces(#[from] HostNamespaces),
@@ -77,6 +86,9 @@ pub struct HostBind {
     pub source: PathBuf,
     /// File name under `<share>/<container-id>/mounts/`.
     pub name: String,
+    /// The mount's OCI options, applied to the host-side bind too ([`crate::mounts::bind_volume`]):
+    /// `ro` is then enforced by the host, not only by the guest.
+    pub options: Vec<String>,
 }
 
 fn is_bind(m: &Mount) -> bool {
@@ -114,17 +126,24 @@ pub fn guest_spec(mut spec: Spec, id: &str, role: &PodRole) -> Result<GuestSpec,
     if let Some(mounts) = spec.mounts().clone() {
         let mut out = Vec::with_capacity(mounts.len());
         for mut m in mounts {
-            let host_source = m
-                .source()
-                .as_ref()
-                .filter(|s| s.is_absolute() && is_bind(&m))
-                .cloned();
+            let host_source = m.source().as_ref().filter(|_| is_bind(&m)).cloned();
             if let Some(source) = host_source {
+                if !source.is_absolute() {
+                    return Err(SpecError::RelativeBindSource {
+                        destination: m.destination().clone(),
+                        given: source,
+                    });
+                }
                 let name = binds.len().to_string();
                 m.set_source(Some(
                     Path::new(GUEST_SHARE).join(id).join("mounts").join(&name),
                 ));
-                binds.push(HostBind { source, name });
+                let options = m.options().clone().unwrap_or_default();
+                binds.push(HostBind {
+                    source,
+                    name,
+                    options,
+                });
             }
             out.push(m);
         }
@@ -233,11 +252,13 @@ mod tests {
             vec![
                 HostBind {
                     source: "/var/lib/pod/hosts".into(),
-                    name: "0".into()
+                    name: "0".into(),
+                    options: vec!["rbind".into(), "ro".into()],
                 },
                 HostBind {
                     source: "/srv/data".into(),
-                    name: "1".into()
+                    name: "1".into(),
+                    options: vec!["rbind".into()],
                 },
             ]
         );
@@ -250,6 +271,24 @@ mod tests {
         assert_eq!(
             mounts[2].source().as_deref(),
             Some(Path::new("/run/husk/shared/c1/mounts/1"))
+        );
+    }
+
+    #[test]
+    fn a_relative_bind_source_is_refused() {
+        let mut v = base();
+        v["mounts"] = json!([
+            {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]}
+        ]);
+        let err = guest_spec(spec(v), "c1", &PodRole::Standalone).expect_err("relative");
+        assert!(
+            matches!(&err, SpecError::RelativeBindSource { given, .. } if given == Path::new("data")),
+            "{err}"
+        );
+        let shim = crate::error::ShimError::from(err);
+        assert!(
+            matches!(shim, crate::error::ShimError::InvalidArgument(ref m) if m.contains("not an absolute path")),
+            "{shim:?}"
         );
     }
 

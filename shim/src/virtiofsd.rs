@@ -70,7 +70,7 @@ pub fn spawn(
         binary: binary.to_path_buf(),
         source,
     };
-    let out = std::fs::File::create(log).map_err(spawn_err)?;
+    let out = crate::private::create_file(log).map_err(spawn_err)?;
     let err = out.try_clone().map_err(spawn_err)?;
     let mut cmd = Command::new(binary);
     cmd.args(args(socket, shared))

@@ -139,7 +139,8 @@ impl VmLauncher for HuskVmmLauncher {
         let config = spec.vm_config()?;
         config.validate()?;
         config.write_json_file(&spec.config)?;
-        let log = std::fs::File::create(&spec.log).map_err(spawn_err)?;
+        crate::private::restrict_file(&spec.config).map_err(spawn_err)?;
+        let log = crate::private::create_file(&spec.log).map_err(spawn_err)?;
         let log2 = log.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(&self.binary);
         cmd.args(VmmArgs::new(&spec.config).to_args())

@@ -58,9 +58,9 @@ impl TaskService {
         );
         let cdir = paths.container_dir(&task.id);
         let discard = |e: ShimError| {
-            mounts::remove_tree(&cdir);
+            mounts::remove_tree_or_warn(&cdir);
             if self.pod.locked().is_none() {
-                mounts::remove_tree(&paths.dir);
+                mounts::remove_tree_or_warn(&paths.dir);
             }
             e
         };
@@ -83,7 +83,7 @@ impl TaskService {
                     std::fs::read_dir(cdir.join("rootfs")).map_or(0, |d| d.count()),
                     vm.diagnostics()
                 );
-                mounts::remove_tree(&cdir);
+                mounts::remove_tree_or_warn(&cdir);
                 if started_here && self.containers().is_empty() {
                     self.destroy_pod();
                 }

@@ -105,7 +105,7 @@ impl TaskService {
         for e in c.execs().values() {
             e.drop_relay();
         }
-        mounts::remove_tree(&vm.paths().container_dir(&req.id));
+        mounts::remove_tree_or_warn(&vm.paths().container_dir(&req.id));
         let now_empty = {
             let mut all = self.containers();
             all.remove(&req.id);

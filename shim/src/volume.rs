@@ -1,0 +1,235 @@
+//! Host-side binds of a container's volumes into the pod share, with the volume's own OCI
+//! options. The guest is not trusted to honour `ro`: the host bind it sees through
+//! virtio-fs is itself read-only, so virtiofsd (and the guest behind it) cannot write.
+//!
+//! - `bind` binds only the source mount, `rbind` also what is mounted below it;
+//! - `ro`, `nosuid`, `nodev`, `noexec` (and the atime options) need a second mount call:
+//!   a bind ignores them, so the bind is remounted with them (`MS_BIND|MS_REMOUNT`),
+//!   keeping whatever the source mount already restricts;
+//! - a propagation option (`private`, `rslave`, ...) is applied last, as asked.
+
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
+
+use crate::mounts::{parse_options, MountError};
+
+/// Per-mount flags a bind remount can set.
+const REMOUNT_FLAGS: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC)
+    .union(MsFlags::MS_NOATIME)
+    .union(MsFlags::MS_NODIRATIME)
+    .union(MsFlags::MS_RELATIME)
+    .union(MsFlags::MS_STRICTATIME);
+
+/// The propagation `options` ask for, if any (the last one given wins).
+fn propagation(options: &[String]) -> Option<MsFlags> {
+    options.iter().rev().find_map(|o| {
+        let rec = |f: MsFlags| Some(f | MsFlags::MS_REC);
+        match o.as_str() {
+            "private" => Some(MsFlags::MS_PRIVATE),
+            "rprivate" => rec(MsFlags::MS_PRIVATE),
+            "slave" => Some(MsFlags::MS_SLAVE),
+            "rslave" => rec(MsFlags::MS_SLAVE),
+            "shared" => Some(MsFlags::MS_SHARED),
+            "rshared" => rec(MsFlags::MS_SHARED),
+            "unbindable" => Some(MsFlags::MS_UNBINDABLE),
+            "runbindable" => rec(MsFlags::MS_UNBINDABLE),
+            _ => None,
+        }
+    })
+}
+
+/// The restrictions the mount at `path` already has, as mount flags, so that a remount
+/// adds to them rather than clearing them.
+fn current_restrictions(path: &Path) -> nix::Result<MsFlags> {
+    let f = statvfs(path)?.flags();
+    let mut out = MsFlags::empty();
+    for (st, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if f.contains(st) {
+            out.insert(ms);
+        }
+    }
+    Ok(out)
+}
+
+/// Binds volume `source` on `target` (creating the mount point) with the volume's OCI
+/// `options`. A relative `source` is refused.
+pub fn bind_volume(source: &Path, target: &Path, options: &[String]) -> Result<(), MountError> {
+    if !source.is_absolute() {
+        return Err(MountError::RelativeSource(source.to_path_buf()));
+    }
+    let (flags, _data) = parse_options(options);
+    let err = |e: nix::Error| MountError::Mount {
+        what: format!("bind {}", source.display()),
+        target: target.to_path_buf(),
+        message: e.to_string(),
+    };
+    crate::mounts::create_mount_point(source, target)?;
+    let rec = flags & MsFlags::MS_REC;
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | rec,
+        None::<&str>,
+    )
+    .map_err(err)?;
+    let wanted = flags & REMOUNT_FLAGS;
+    if !wanted.is_empty() {
+        let keep = current_restrictions(target).map_err(err)?;
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | wanted | keep,
+            None::<&str>,
+        )
+        .map_err(err)?;
+    }
+    if let Some(p) = propagation(options) {
+        mount(None::<&str>, target, None::<&str>, p, None::<&str>).map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn propagation_is_the_last_one_asked() {
+        let o = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(propagation(&o(&["rbind", "ro"])), None);
+        assert_eq!(
+            propagation(&o(&["shared", "rslave"])),
+            Some(MsFlags::MS_SLAVE | MsFlags::MS_REC)
+        );
+        assert_eq!(propagation(&o(&["private"])), Some(MsFlags::MS_PRIVATE));
+    }
+
+    #[test]
+    fn a_relative_source_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("t");
+        let err = bind_volume(Path::new("data"), &target, &[]).expect_err("relative");
+        assert!(matches!(err, MountError::RelativeSource(_)), "{err}");
+        assert!(!target.exists(), "nothing is created");
+    }
+}
+
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+    use crate::mounts::mount_points_under;
+    use nix::mount::{umount2, MntFlags};
+    use std::path::PathBuf;
+
+    fn need_root() {
+        let euid = nix::unistd::geteuid();
+        assert!(
+            euid.is_root(),
+            "this test makes bind mounts: needs root, euid is {euid}"
+        );
+    }
+
+    fn opts(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The mount options field of `target`'s mountinfo line.
+    fn mount_options(target: &Path) -> String {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let target = std::fs::canonicalize(target).expect("real path");
+        text.lines()
+            .filter(|l| l.split(' ').nth(4).map(PathBuf::from) == Some(target.clone()))
+            .filter_map(|l| l.split(' ').nth(5).map(str::to_string))
+            .next_back()
+            .expect("target is a mount point")
+    }
+
+    fn detach_all(dir: &Path) {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        for p in mount_points_under(&text, &std::fs::canonicalize(dir).expect("real")) {
+            while umount2(&p, MntFlags::MNT_DETACH).is_ok() {}
+        }
+    }
+
+    #[test]
+    fn a_ro_bind_is_read_only_on_the_host() {
+        need_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("vol");
+        std::fs::create_dir(&src).expect("src");
+        let target = dir.path().join("pod/mounts/0");
+        bind_volume(
+            &src,
+            &target,
+            &opts(&["rbind", "ro", "nosuid", "nodev", "noexec"]),
+        )
+        .expect("bind");
+        let options = mount_options(&target);
+        let write = std::fs::write(target.join("new"), "x");
+        detach_all(dir.path());
+        let fields: Vec<&str> = options.split(',').collect();
+        for f in ["ro", "nosuid", "nodev", "noexec"] {
+            assert!(fields.contains(&f), "{f} missing in {options}");
+        }
+        let err = write.expect_err("read-only bind");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(nix::errno::Errno::EROFS as i32),
+            "{err}"
+        );
+        assert!(!src.join("new").exists());
+    }
+
+    #[test]
+    fn bind_leaves_submounts_out_rbind_takes_them() {
+        need_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("vol");
+        let sub = src.join("sub");
+        std::fs::create_dir_all(&sub).expect("sub");
+        mount(
+            Some("tmpfs"),
+            &sub,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("tmpfs");
+        std::fs::write(sub.join("in-submount"), "x").expect("file");
+        let plain = dir.path().join("pod/mounts/0");
+        let recursive = dir.path().join("pod/mounts/1");
+        bind_volume(&src, &plain, &opts(&["bind"])).expect("bind");
+        bind_volume(&src, &recursive, &opts(&["rbind"])).expect("rbind");
+        let plain_sees = plain.join("sub/in-submount").exists();
+        let recursive_sees = recursive.join("sub/in-submount").exists();
+        detach_all(dir.path());
+        assert!(!plain_sees, "bind is not recursive");
+        assert!(recursive_sees, "rbind is");
+    }
+
+    #[test]
+    fn a_rw_bind_stays_writable() {
+        need_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("vol");
+        std::fs::create_dir(&src).expect("src");
+        let target = dir.path().join("pod/mounts/0");
+        bind_volume(&src, &target, &opts(&["rbind", "rprivate"])).expect("bind");
+        let write = std::fs::write(target.join("new"), "x");
+        detach_all(dir.path());
+        write.expect("writable");
+        assert!(src.join("new").exists());
+    }
+}
