@@ -6,11 +6,10 @@
 //! `debug_console` it empties the file ([`after_boot`]), and it never reads more than the
 //! tail of it ([`tail`]).
 //!
-//! What remains (VMM side, not the shim's): the file is written by husk-vmm, so only
-//! husk-vmm can bound it while the VM runs; `console_log_max_kib` in the husk config is the
-//! limit it is meant to enforce (a ring or a stop-writing cap, passed in `vmm.json`). Until
-//! then, a guest that keeps writing to its console after boot grows the file (on the
-//! state dir's filesystem) until the pod ends, when the pod directory is removed.
+//! While the VM runs the file is bounded by husk-vmm itself: the shim passes
+//! `console_log_max_kib` as `serial_max_bytes` in `vmm.json`, and husk-vmm rotates the file
+//! to `console.log.1` at that size, so a guest printing without end costs at most about
+//! twice the limit on disk, debug console or not.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -36,6 +35,13 @@ pub fn tail(path: &Path, max: usize) -> String {
 pub fn after_boot(path: &Path, debug_console: bool) -> std::io::Result<()> {
     if debug_console {
         return Ok(());
+    }
+    let mut rotated = path.as_os_str().to_owned();
+    rotated.push(".1");
+    match std::fs::remove_file(&rotated) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     match std::fs::OpenOptions::new().write(true).open(path) {
         Ok(f) => f.set_len(0),
@@ -64,11 +70,15 @@ mod tests {
     fn console_is_emptied_after_boot_unless_debugging() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("console.log");
+        let rotated = dir.path().join("console.log.1");
         std::fs::write(&p, "boot messages").expect("write");
+        std::fs::write(&rotated, "older boot messages").expect("write");
         after_boot(&p, true).expect("debug");
         assert_eq!(std::fs::read_to_string(&p).expect("read"), "boot messages");
+        assert!(rotated.exists(), "debug keeps the rotated half");
         after_boot(&p, false).expect("no debug");
         assert_eq!(std::fs::metadata(&p).expect("stat").len(), 0);
+        assert!(!rotated.exists(), "the rotated half goes too");
         after_boot(&dir.path().join("missing"), false).expect("a missing log is fine");
     }
 

@@ -275,6 +275,7 @@ impl Sandbox {
             fs_tag: SHARE_TAG.to_string(),
             api_socket: paths.api.clone(),
             console: paths.console.clone(),
+            console_max_bytes: config.console_log_max_kib.saturating_mul(1024),
             log: paths.file("vmm.log"),
             config: paths.file("vmm.json"),
         };

@@ -69,6 +69,8 @@ pub struct VmSpec {
     pub api_socket: PathBuf,
     /// Guest console log.
     pub console: PathBuf,
+    /// Size at which husk-vmm rotates the console log (`console_log_max_kib`).
+    pub console_max_bytes: u64,
     /// The VMM's own stdout/stderr.
     pub log: PathBuf,
     /// Where husk-vmm's configuration file is written.
@@ -88,6 +90,7 @@ impl VmSpec {
             vcpus,
             memory_mib: self.memory_mib,
             serial: SerialOutput::File(self.console.clone()),
+            serial_max_bytes: Some(self.console_max_bytes),
             vsock: Some(VsockConfig {
                 socket: self.vsock_socket.clone(),
                 guest_cid: self.vsock_cid,
@@ -245,6 +248,7 @@ mod tests {
             fs_tag: "husk".into(),
             api_socket: dir.join("api.sock"),
             console: dir.join("console.log"),
+            console_max_bytes: 4096,
             log: dir.join("vmm.log"),
             config: dir.join("vmm.json"),
         }
@@ -260,6 +264,7 @@ mod tests {
         c.validate().expect("valid");
         assert_eq!((c.vcpus, c.memory_mib), (2, 256));
         assert_eq!(c.serial, SerialOutput::File(s.console.clone()));
+        assert_eq!(c.serial_max_bytes, Some(4096));
         assert_eq!(c.vsock.as_ref().map(|v| v.guest_cid), Some(3));
         assert_eq!(c.fs[0].tag, "husk");
         assert_eq!(c.fs[0].socket, s.fs_socket);

@@ -95,6 +95,12 @@ pub struct VmConfig {
     /// Console destination.
     #[serde(default)]
     pub serial: SerialOutput,
+    /// With [`SerialOutput::File`]: the file's size limit in bytes. What the guest writes
+    /// to its console is guest-controlled, so a file that reaches this size is renamed to
+    /// `<file>.1` (replacing an older one) and a new one is started: the console costs at
+    /// most about twice this on disk. `None`: unbounded (a console for a person to read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_max_bytes: Option<u64>,
     /// Optional vsock device.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
@@ -185,6 +191,7 @@ impl VmConfig {
             vcpus: default_vcpus(),
             memory_mib: default_memory(),
             serial: SerialOutput::default(),
+            serial_max_bytes: None,
             vsock: None,
             fs: Vec::new(),
             api_socket: None,
@@ -249,6 +256,9 @@ impl VmConfig {
         self.validate_cmdline()?;
         if let SerialOutput::File(p) = &self.serial {
             check_parent_dir("serial", p)?;
+        }
+        if self.serial_max_bytes == Some(0) {
+            return Err(invalid("serial_max_bytes", "must be at least 1"));
         }
         if let Some(v) = &self.vsock {
             check_parent_dir("vsock.socket", &v.socket)?;
@@ -404,6 +414,10 @@ mod tests {
             "api_socket"
         );
         assert_eq!(
+            field(&with(&|c| c.serial_max_bytes = Some(0))),
+            "serial_max_bytes"
+        );
+        assert_eq!(
             field(&with(
                 &|c| c.serial = SerialOutput::File("/no/such/dir/x".into())
             )),
@@ -424,6 +438,7 @@ mod tests {
             vcpus: 4,
             memory_mib: 512,
             serial: SerialOutput::File(dir.path().join("console.log")),
+            serial_max_bytes: Some(1 << 18),
             vsock: Some(VsockConfig {
                 socket: dir.path().join("v.sock"),
                 guest_cid: 7,

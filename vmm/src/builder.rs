@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{ApiHandler, ApiServer};
 use crate::arch::{boot, layout, mptable, regs};
+use crate::console_file::CappedFile;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{SerialDevice, I8042};
 use crate::devices::virtio::fs::FsDevice;
@@ -128,16 +129,23 @@ impl MmioAllocator<'_> {
     }
 }
 
-fn serial_output(cfg: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmError> {
-    Ok(match cfg {
-        SerialOutput::Stdout => Box::new(std::io::stdout()),
-        SerialOutput::None => Box::new(std::io::sink()),
-        SerialOutput::File(p) => Box::new(
+fn serial_output(
+    cfg: &SerialOutput,
+    max_bytes: Option<u64>,
+) -> Result<Box<dyn Write + Send>, VmmError> {
+    let opening = || io("opening the serial output file");
+    Ok(match (cfg, max_bytes) {
+        (SerialOutput::Stdout, _) => Box::new(std::io::stdout()),
+        (SerialOutput::None, _) => Box::new(std::io::sink()),
+        (SerialOutput::File(p), Some(max)) => {
+            Box::new(CappedFile::open(p, max).map_err(opening())?)
+        }
+        (SerialOutput::File(p), None) => Box::new(
             OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(p)
-                .map_err(io("opening the serial output file"))?,
+                .map_err(opening())?,
         ),
     })
 }
@@ -163,7 +171,7 @@ pub fn run_vm(cfg: &VmConfig) -> Result<ExitReason, VmmError> {
         .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         serial_irq,
-        serial_output(&cfg.serial)?,
+        serial_output(&cfg.serial, cfg.serial_max_bytes)?,
         metrics.clone(),
     )));
     pio.insert(serial.clone(), u64::from(layout::SERIAL_PORT), 8)?;

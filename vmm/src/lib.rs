@@ -12,6 +12,7 @@
 pub mod api;
 pub mod arch;
 pub mod builder;
+pub mod console_file;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
