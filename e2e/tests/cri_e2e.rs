@@ -240,7 +240,8 @@ impl Cri {
         ensure_node_files();
         let work = env.work.clone();
         write_cni_config(&work);
-        let mut opts = Options::new(work.clone());
+        // containerd starts with its work directory emptied: the CNI config lives beside it.
+        let mut opts = Options::new(work.join("containerd"));
         opts.namespace = "k8s.io".into();
         opts.extra_config = cri_config(&work);
         let d = Containerd::start(env.artifacts.clone(), opts);
