@@ -1018,3 +1018,24 @@ fn bind_propagation_rslave() {
 fn bind_propagation_rshared() {
     assert_eq!(propagation_case("rshared", Some("rshared")), (true, true));
 }
+
+#[test]
+fn a_new_network_namespace_has_lo_up() {
+    let agent = Agent::start();
+    let (code, out, err) = agent.run_to_end(
+        "lo",
+        &spec(&["sh", "-c", "cat /sys/class/net/lo/flags; ls /sys/class/net"]),
+    );
+    assert_eq!(code, 0, "{}", text(&err));
+    let out = text(&out);
+    let flags = out.lines().next().unwrap_or_default();
+    let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16)
+        .unwrap_or_else(|e| panic!("flags {flags:?}: {e}"));
+    assert_eq!(
+        flags & libc::IFF_UP as u32,
+        libc::IFF_UP as u32,
+        "lo is down: {out}"
+    );
+    // A namespace of its own: the host's other interfaces are not there.
+    assert_eq!(out.lines().skip(1).collect::<Vec<_>>(), ["lo"], "{out}");
+}

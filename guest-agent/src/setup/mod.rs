@@ -11,6 +11,7 @@
 pub mod caps;
 pub mod config;
 pub mod console;
+pub mod loopback;
 pub mod mounts;
 pub mod process;
 pub mod propagation;
@@ -155,6 +156,9 @@ fn enter_create(spec: &Spec) -> Result<CloneFlags> {
     }
     let pid = new & CloneFlags::CLONE_NEWPID;
     unshare(new - pid).map_err(|e| SetupError::Sys("unshare".into(), e))?;
+    if new.contains(CloneFlags::CLONE_NEWNET) {
+        loopback::bring_up()?;
+    }
     Ok(pid)
 }
 
