@@ -83,26 +83,6 @@ pub fn busybox_rootfs(rootfs: &Path, busybox: &Path) {
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
 }
 
-/// Parses `ldd` / `LOADER --list` output into the paths of the libraries it names (the
-/// loader included); `Err(name)` for a library that was not found.
-pub fn parse_library_list(output: &str) -> Result<Vec<PathBuf>, String> {
-    let mut libs = Vec::new();
-    for line in output.lines().map(str::trim) {
-        let path = match line.split_once("=>") {
-            Some((name, rest)) if rest.trim().starts_with("not found") => {
-                return Err(name.trim().to_string())
-            }
-            Some((_, rest)) => rest.split_whitespace().next(),
-            // The loader itself: "/lib64/ld-linux-x86-64.so.2 (0x...)".
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(PathBuf::from(p));
-        }
-    }
-    Ok(libs)
-}
-
 /// The shared libraries `exe` loads, as [`LOADER`] lists them; panics naming what is missing.
 pub fn libraries(exe: &Path) -> Vec<PathBuf> {
     assert!(
@@ -120,7 +100,7 @@ pub fn libraries(exe: &Path) -> Vec<PathBuf> {
         "{LOADER} --list {}: {out:?}",
         exe.display()
     );
-    parse_library_list(&String::from_utf8_lossy(&out.stdout))
+    husk_testhost::closure::parse_ldd(&String::from_utf8_lossy(&out.stdout))
         .unwrap_or_else(|lib| panic!("{} needs {lib}, which is not found", exe.display()))
 }
 
@@ -234,26 +214,6 @@ pub fn build(spec: &ImageSpec, work: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_a_library_list() {
-        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\
-                   \tlibxtables.so.12 => /lib/x86_64-linux-gnu/libxtables.so.12 (0x00007f)\n\
-                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\
-                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
-        assert_eq!(
-            parse_library_list(out).unwrap(),
-            vec![
-                PathBuf::from("/lib/x86_64-linux-gnu/libxtables.so.12"),
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
-            ]
-        );
-        assert_eq!(
-            parse_library_list("\tlibnftnl.so.11 => not found\n"),
-            Err("libnftnl.so.11".to_string())
-        );
-    }
 
     #[test]
     fn the_loader_lists_a_dynamic_executables_libc() {
