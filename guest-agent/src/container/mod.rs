@@ -2,6 +2,7 @@
 
 pub mod launch;
 pub mod pod;
+pub mod root_mount;
 pub mod spec;
 pub mod stdio;
 
@@ -50,6 +51,8 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
     /// Exec ids being launched (reserved, so the map's lock is not held meanwhile).
     launching: Mutex<HashSet<String>>,
+    /// The rootfs bound onto itself; unmounted with the container.
+    _root_mount: root_mount::RootMount,
 }
 
 /// Where things are.
@@ -184,6 +187,7 @@ impl Runtime {
             None => None,
         };
         let rootfs = spec::resolve_rootfs(&self.config.share, id, &spec)?;
+        let root_mount = root_mount::RootMount::bind(&rootfs)?;
         let terminal = spec
             .process()
             .as_ref()
@@ -243,6 +247,7 @@ impl Runtime {
             state: Mutex::new(State::Created(launched.start)),
             execs: Mutex::new(HashMap::new()),
             launching: Mutex::new(HashSet::new()),
+            _root_mount: root_mount,
         };
         lock(&self.containers).insert(id.to_string(), Arc::new(container));
         tracing::info!(id, pid, "container created");

@@ -87,7 +87,8 @@ pub fn mount_point_of(path: &Path) -> Result<PathBuf> {
 /// the mount holding `rootfs` a slave if it is shared: binding the rootfs under it then
 /// neither shows in the guest nor stops the root switch, and bind sources on that mount
 /// still receive the guest's mounts (runc makes it private; a slave keeps more of what a
-/// guest's shared mount gives, and our rootfs and host binds share one virtio-fs mount).
+/// guest's shared mount gives). In the guest that mount is the rootfs's own bind (see
+/// `container::root_mount`), so the share holding the bind sources keeps its propagation.
 pub fn prepare_root(value: Option<&str>, rootfs: &Path) -> Result<()> {
     set(Path::new("/"), root_flags(value)?)?;
     set(&mount_point_of(rootfs)?, MsFlags::MS_SLAVE)
