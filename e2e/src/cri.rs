@@ -206,7 +206,10 @@ impl CriClient {
             .items)
     }
 
-    /// `CreateContainer` in pod `pod_id` (whose config was `sandbox`); returns its id.
+    /// `CreateContainer` in pod `pod_id` (whose config was `sandbox`); returns its id. As
+    /// the kubelet does, a container whose config names no namespace options gets the
+    /// pod's (containerd reads them from the container's security context, and an unset
+    /// PID mode means POD there).
     pub fn create_container(
         &self,
         pod_id: &str,
@@ -214,9 +217,23 @@ impl CriClient {
         sandbox: &PodSandboxConfig,
     ) -> Result<String, CriError> {
         let mut c = self.runtime.clone();
+        let mut config = config.clone();
+        let pod_namespaces = sandbox
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
+        let security = config
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default);
+        if security.namespace_options.is_none() {
+            security.namespace_options = pod_namespaces;
+        }
         let req = CreateContainerRequest {
             pod_sandbox_id: pod_id.into(),
-            config: Some(config.clone()),
+            config: Some(config),
             sandbox_config: Some(sandbox.clone()),
         };
         Ok(self
