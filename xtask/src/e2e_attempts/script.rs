@@ -38,13 +38,27 @@ pub fn tests(
     } else {
         skip.iter().map(|s| quote(s)).collect::<Vec<_>>().join("|")
     };
+    // `--list` names ignored tests too, and running one alone "passes" with nothing run:
+    // they are left out unless the caller asked for them.
+    let ignored = match test_args
+        .iter()
+        .any(|a| a == "--ignored" || a == "--include-ignored")
+    {
+        true => "ign=' '".to_string(),
+        false => format!(
+            "ign=\" $(\"$t\" --list --format terse --ignored {list_args} \
+             | sed -n 's/: test$//p' | tr '\\n' ' ')\""
+        ),
+    };
     format!(
         "export PATH={bin_dir}:$PATH; mkdir -p {work_dir}; rc=0; \
          for t in {tests_dir}/*; do b=$(basename \"$t\"); \
            if ! list=$(\"$t\" --list --format terse {list_args}); then \
              printf '\\n{FAILED_MARKER}%s\\n' \"$b::--list\"; rc=1; continue; fi; \
+           {ignored}; \
            for name in $(echo \"$list\" | sed -n 's/: test$//p'); do \
              case \"$b::$name\" in {skip_pattern}) continue;; esac; \
+             case \"$ign\" in *\" $name \"*) echo \"ignored: $b::$name\"; continue;; esac; \
              echo \"{START_MARKER}$b::$name\"; \
              if \"$t\" --exact \"$name\" --test-threads=1 {run_flags}; \
              then printf '\\n{PASSED_MARKER}%s\\n' \"$b::$name\"; \
@@ -98,6 +112,10 @@ mod tests {
         assert!(s.contains("echo \"== $b::$name\""), "{s}");
         let none = tests("/b", "/w", "/t", &[], &BTreeSet::new());
         assert!(none.contains("in '') continue;; esac"), "{none}");
+        assert!(none.contains("--list --format terse --ignored"), "{none}");
+        let with = tests("/b", "/w", "/t", &["--include-ignored".into()], &BTreeSet::new());
+        assert!(with.contains("ign=' ';"), "{with}");
+        assert!(!with.contains("terse --ignored"), "{with}");
     }
 
     #[test]
