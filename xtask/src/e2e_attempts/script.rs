@@ -113,7 +113,13 @@ mod tests {
         let none = tests("/b", "/w", "/t", &[], &BTreeSet::new());
         assert!(none.contains("in '') continue;; esac"), "{none}");
         assert!(none.contains("--list --format terse --ignored"), "{none}");
-        let with = tests("/b", "/w", "/t", &["--include-ignored".into()], &BTreeSet::new());
+        let with = tests(
+            "/b",
+            "/w",
+            "/t",
+            &["--include-ignored".into()],
+            &BTreeSet::new(),
+        );
         assert!(with.contains("ign=' ';"), "{with}");
         assert!(!with.contains("terse --ignored"), "{with}");
     }
