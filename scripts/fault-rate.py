@@ -13,7 +13,11 @@ shut down), host-died (QEMU ended with no exit status and no fault line).
 
 Logs go to target/husk/fault-rate/, the table to stdout and
 target/husk/fault-rate/table.json. A dev tool for choosing the test host
-(QEMU and cloud-kernel versions); CI does not run it.
+(QEMU and cloud-kernel versions); CI does not run it. The QEMU 10.0
+configurations expect bookworm-backports' qemu-system-x86 and qemu-system-data
+unpacked under /opt/qemu10/root (`apt-get download` both with the backports
+source added, then `dpkg-deb -x` each into that folder); the 6.12 kernel
+needs only the backports source (testhost downloads it).
 """
 import argparse
 import json
