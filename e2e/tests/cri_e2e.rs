@@ -792,15 +792,11 @@ fn cri_pod_of_two_containers_shares_one_vm() {
 /// the SIGKILL (a stop signal lost on the way, or sent before the process
 /// runs, would show as a 60 s stop).
 ///
-/// Known gap: husk's StartContainer returns once the program has exec'd (no earlier than
-/// runc's start), but the kernel still drops a SIGTERM that reaches a namespace's init
-/// before the program installed its handler, and in the nested test host that window (a
-/// guest vCPU busy with the agent's reply) is long enough to lose it: the stop then waits
-/// for the SIGKILL. Passed when the container shared the pod's PID namespace; fails in
-/// its own. Not run by default until the agent holds such a signal until the handler is
-/// there.
+/// husk's StartContainer returns once the program has exec'd (no earlier than runc's
+/// start), but the kernel drops a SIGTERM that reaches a namespace's init before the
+/// program installed its handler; in a guest that window is longer than on the host, so
+/// the agent holds such a signal until the handler is there (`init_signal`).
 #[test]
-#[ignore = "husk: a SIGTERM right after start can reach PID 1 before its handler exists (slow nested guest)"]
 fn cri_stop_container_returns_when_pid_1_exits_on_sigterm() {
     let h = Cri::start("cri-stop");
     for handler in HANDLERS {

@@ -1,5 +1,6 @@
 //! Containers and their processes: the state the agent keeps and the operations of the API.
 
+pub mod init_signal;
 pub mod launch;
 pub mod pod;
 pub mod root_mount;
@@ -10,7 +11,7 @@ use husk_lock::MutexExt;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use husk_protocol::agent::{ContainerStatsResponse, PodNamespaces};
 use nix::sys::signal::{kill, Signal};
@@ -38,8 +39,8 @@ pub struct ProcessEntry {
 enum State {
     /// Set up, waiting for start.
     Created(launch::Starter),
-    /// Started.
-    Running,
+    /// Started, at this time (a signal its init cannot handle yet is held a while).
+    Running(Instant),
 }
 
 /// A container.
@@ -162,7 +163,7 @@ impl Runtime {
             .cloned()
             .ok_or_else(|| Error::SandboxNotFound(pod.sandbox_id.clone()))?;
         let running = || {
-            matches!(*lock(&sandbox.state), State::Running)
+            matches!(*lock(&sandbox.state), State::Running(_))
                 && self.reaper.status(sandbox.init.pid).is_none()
         };
         if !running() {
@@ -264,12 +265,13 @@ impl Runtime {
                     "container {id} has exited"
                 )));
             }
-            match std::mem::replace(&mut *state, State::Running) {
+            match std::mem::replace(&mut *state, State::Running(Instant::now())) {
                 State::Created(starter) => starter,
-                State::Running => {
+                State::Running(at) => {
+                    *state = State::Running(at);
                     return Err(Error::FailedPrecondition(format!(
                         "container {id} is already started"
-                    )))
+                    )));
                 }
             }
         };
@@ -281,7 +283,8 @@ impl Runtime {
     pub fn exec(&self, id: &str, exec_id: &str, process_json: &[u8]) -> Result<u32> {
         spec::check_id("exec id", exec_id)?;
         let c = self.get(id)?;
-        if !matches!(*lock(&c.state), State::Running) || self.reaper.status(c.init.pid).is_some() {
+        if !matches!(*lock(&c.state), State::Running(_)) || self.reaper.status(c.init.pid).is_some()
+        {
             return Err(Error::FailedPrecondition(format!(
                 "container {id} is not running"
             )));
@@ -388,7 +391,19 @@ impl Runtime {
         if self.reaper.status(p.pid).is_some() {
             return Err(Error::FailedPrecondition("process has exited".into()));
         }
-        kill(Pid::from_raw(p.pid), sig).map_err(|e| Error::errno("kill", e))
+        let started = match *lock(&c.state) {
+            State::Running(at) if exec_id.is_empty() => Some(at),
+            _ => None,
+        };
+        match started {
+            Some(at) => {
+                let reaper = self.reaper.clone();
+                let pid = p.pid;
+                init_signal::send_to_init(pid, sig, at, move || reaper.status(pid).is_none())
+            }
+            None => kill(Pid::from_raw(p.pid), sig),
+        }
+        .map_err(|e| Error::errno("kill", e))
     }
 
     /// Waits for a process to exit; returns (exit status, pid).
@@ -455,7 +470,7 @@ impl Runtime {
             .remove(id)
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
         // Dropping the start pipe makes a never-started init exit on its own.
-        *lock(&c.state) = State::Running;
+        *lock(&c.state) = State::Running(Instant::now());
         if let Some(cg) = &c.cgroup {
             let _ = cg.kill_all();
         }
