@@ -1150,13 +1150,9 @@ fn cri_mount_propagation_host_to_container() {
     mount_propagation(Propagation::HostToContainer);
 }
 
-/// Known gap of husk: the shim binds a volume into the pod share once per container
-/// (`shared/<container>/mounts/<n>`), so in the guest two containers of a pod binding the
-/// same host directory bind two different guest paths, and a mount made through one
-/// container's `rshared` bind cannot reach the other's. Fixing it means one share path per
-/// volume and pod; until then this test fails under husk and is not run by default.
+/// A mount made through one container's `rshared` bind reaches the pod's other container
+/// binding the same host directory (husk: one guest path per volume and pod).
 #[test]
-#[ignore = "husk: rshared mounts do not reach the pod's other containers yet (one share path per container and volume)"]
 fn cri_mount_propagation_container_to_pod() {
     mount_propagation(Propagation::ContainerToPod);
 }

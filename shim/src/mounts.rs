@@ -29,6 +29,15 @@ pub enum MountError {
         /// Why.
         message: String,
     },
+    /// The pod's volume of this name is a bind of another file: names are hashes, so this
+    /// is a collision (or someone else's mount); the volume is not reused.
+    #[error("pod volume {target} is already a mount of something other than {wanted}")]
+    VolumeClash {
+        /// The pod volume.
+        target: PathBuf,
+        /// The bind source asked for.
+        wanted: PathBuf,
+    },
     /// Creating a mount point failed.
     #[error("create {path}: {source}")]
     Io {

@@ -3,6 +3,7 @@
 //! its unit tests plug in a fake that mounts nothing and boots nothing; the product plugs
 //! in [`HostPodLauncher`] (host mounts, virtiofsd, husk-vmm, the agent connection).
 
+use husk_lock::MutexExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,8 +31,9 @@ pub struct ContainerFiles<'a> {
 /// Starts pod VMs and prepares what they share; one per shim.
 pub trait PodLauncher: Send + Sync {
     /// Makes a container's files visible under `dir` (`shared/<container-id>` of the pod):
-    /// its rootfs at `dir/rootfs`, each host bind at `dir/mounts/<name>`. Undone with
-    /// [`mounts::remove_tree`], which only unmounts what lies below the directory.
+    /// its rootfs at `dir/rootfs`, undone with [`mounts::remove_tree`], which only unmounts
+    /// what lies below the directory; each host bind at `shared/.volumes/<name>`, bound by
+    /// the first container of the pod that needs it and kept until the pod ends.
     fn share_container(&self, dir: &Path, files: ContainerFiles<'_>) -> Result<(), MountError>;
 
     /// Boots the pod VM whose files live at `paths` and waits until its agent answered.
@@ -58,12 +60,19 @@ pub trait PodVm: Send + Sync {
 pub struct HostPodLauncher {
     config: Config,
     vmm: Box<dyn VmLauncher>,
+    /// Held while binding volumes: two containers of a pod created at once must not both
+    /// see a volume unbound and bind it twice.
+    volumes: std::sync::Mutex<()>,
 }
 
 impl HostPodLauncher {
     /// A launcher booting VMs with `vmm` as `config` says.
     pub fn new(config: Config, vmm: Box<dyn VmLauncher>) -> Self {
-        HostPodLauncher { config, vmm }
+        HostPodLauncher {
+            config,
+            vmm,
+            volumes: std::sync::Mutex::new(()),
+        }
     }
 }
 
@@ -80,8 +89,16 @@ impl PodLauncher for HostPodLauncher {
             })?;
         }
         mounts::mount_rootfs(files.rootfs, files.root, &dir.join("rootfs"))?;
+        if files.binds.is_empty() {
+            return Ok(());
+        }
+        let volumes = match dir.parent() {
+            Some(shared) => shared.join(crate::spec::VOLUMES_DIR),
+            None => return Err(MountError::RelativeSource(dir.to_path_buf())),
+        };
+        let _one_at_a_time = self.volumes.locked();
         for b in files.binds {
-            crate::volume::bind_volume(&b.source, &dir.join("mounts").join(&b.name), &b.options)?;
+            crate::volume::share_volume(&b.source, &volumes.join(&b.name), &b.options)?;
         }
         Ok(())
     }

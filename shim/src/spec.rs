@@ -9,7 +9,8 @@
 //!   network, pid or ipc namespace is refused.
 //! - Bind mounts of host files and directories (CRI's `/etc/hosts`, `/etc/resolv.conf`,
 //!   `ctr run --mount`) are shared with the guest through the pod share: the shim binds
-//!   each source to `<share>/<container-id>/mounts/<n>` and the spec names the guest path.
+//!   each source once per pod to `<share>/.volumes/<name>` ([`crate::volume::volume_name`])
+//!   and the spec names the guest path.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,10 @@ use crate::namespaces::{self, HostNamespaces};
 
 /// Where the agent mounts the pod share in the guest.
 pub const GUEST_SHARE: &str = "/run/husk/shared";
+
+/// The directory of the pod's volumes in the share. Container ids start with a letter or
+/// digit, so no container's directory can take this name.
+pub const VOLUMES_DIR: &str = ".volumes";
 
 /// Errors in the bundle's spec.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +89,8 @@ pub fn host_root(spec: &Spec, bundle: &Path) -> Result<PathBuf, SpecError> {
 pub struct HostBind {
     /// The host path.
     pub source: PathBuf,
-    /// File name under `<share>/<container-id>/mounts/`.
+    /// File name under `<share>/.volumes/`, shared by the pod's containers binding the same
+    /// source alike.
     pub name: String,
     /// The mount's OCI options, applied to the host-side bind too ([`crate::mounts::bind_volume`]):
     /// `ro` is then enforced by the host, not only by the guest.
@@ -109,9 +115,9 @@ pub struct GuestSpec {
     pub pod: Option<PodNamespaces>,
 }
 
-/// The guest spec for container `id` of a pod in `role`. Refuses a spec that asks for the
+/// The guest spec for a container of a pod in `role`. Refuses a spec that asks for the
 /// host's namespaces: checked here, before any VM is started for it.
-pub fn guest_spec(mut spec: Spec, id: &str, role: &PodRole) -> Result<GuestSpec, SpecError> {
+pub fn guest_spec(mut spec: Spec, role: &PodRole) -> Result<GuestSpec, SpecError> {
     if spec.process().is_none() {
         return Err(SpecError::Invalid("no process".into()));
     }
@@ -134,11 +140,9 @@ pub fn guest_spec(mut spec: Spec, id: &str, role: &PodRole) -> Result<GuestSpec,
                         given: source,
                     });
                 }
-                let name = binds.len().to_string();
-                m.set_source(Some(
-                    Path::new(GUEST_SHARE).join(id).join("mounts").join(&name),
-                ));
                 let options = m.options().clone().unwrap_or_default();
+                let name = crate::volume::volume_name(&source, &options);
+                m.set_source(Some(Path::new(GUEST_SHARE).join(VOLUMES_DIR).join(&name)));
                 binds.push(HostBind {
                     source,
                     name,
@@ -181,7 +185,7 @@ mod tests {
 
     #[test]
     fn root_becomes_relative_and_keeps_readonly() {
-        let s = guest_spec(spec(base()), "c1", &PodRole::Sandbox)
+        let s = guest_spec(spec(base()), &PodRole::Sandbox)
             .expect("guest")
             .spec;
         let root = s.root().as_ref().expect("root");
@@ -206,7 +210,7 @@ mod tests {
 
     #[test]
     fn namespace_paths_are_dropped_types_kept() {
-        let s = guest_spec(spec(base()), "c1", &PodRole::Sandbox)
+        let s = guest_spec(spec(base()), &PodRole::Sandbox)
             .expect("guest")
             .spec;
         let nss = s.linux().as_ref().and_then(|l| l.namespaces().clone());
@@ -226,7 +230,7 @@ mod tests {
         let member = PodRole::Member {
             sandbox_id: "pod1".into(),
         };
-        let g = guest_spec(spec(v), "c1", &member).expect("guest");
+        let g = guest_spec(spec(v), &member).expect("guest");
         let pod = g.pod.expect("pod namespaces");
         assert_eq!(pod.sandbox_id, "pod1");
         assert_eq!(pod.types, ["ipc", "network"]);
@@ -238,7 +242,7 @@ mod tests {
     fn a_spec_sharing_the_hosts_network_is_refused() {
         let mut v = base();
         v["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "ipc"}]);
-        let err = guest_spec(spec(v), "c1", &PodRole::Standalone).expect_err("host network");
+        let err = guest_spec(spec(v), &PodRole::Standalone).expect_err("host network");
         assert!(matches!(err, SpecError::HostNamespaces(_)), "{err:?}");
         assert!(err.to_string().contains("(hostNetwork)"), "{err}");
     }
@@ -246,32 +250,35 @@ mod tests {
     #[test]
     fn host_binds_move_into_the_share() {
         let GuestSpec { spec: s, binds, .. } =
-            guest_spec(spec(base()), "c1", &PodRole::Standalone).expect("guest");
+            guest_spec(spec(base()), &PodRole::Standalone).expect("guest");
+        let hosts = crate::volume::volume_name(
+            Path::new("/var/lib/pod/hosts"),
+            &["rbind".into(), "ro".into()],
+        );
+        let data = crate::volume::volume_name(Path::new("/srv/data"), &["rbind".into()]);
         assert_eq!(
             binds,
             vec![
                 HostBind {
                     source: "/var/lib/pod/hosts".into(),
-                    name: "0".into(),
+                    name: hosts.clone(),
                     options: vec!["rbind".into(), "ro".into()],
                 },
                 HostBind {
                     source: "/srv/data".into(),
-                    name: "1".into(),
+                    name: data.clone(),
                     options: vec!["rbind".into()],
                 },
             ]
         );
         let mounts = s.mounts().clone().expect("mounts");
         assert_eq!(mounts[0].source().as_deref(), Some(Path::new("proc")));
-        assert_eq!(
-            mounts[1].source().as_deref(),
-            Some(Path::new("/run/husk/shared/c1/mounts/0"))
-        );
-        assert_eq!(
-            mounts[2].source().as_deref(),
-            Some(Path::new("/run/husk/shared/c1/mounts/1"))
-        );
+        let guest = |n: &str| Some(Path::new(GUEST_SHARE).join(VOLUMES_DIR).join(n));
+        assert_eq!(mounts[1].source().clone(), guest(&hosts));
+        assert_eq!(mounts[2].source().clone(), guest(&data));
+        // Another container of the pod binding the same source alike gets the same path.
+        let other = guest_spec(spec(base()), &PodRole::Standalone).expect("guest");
+        assert_eq!(other.binds[1].name, data);
     }
 
     #[test]
@@ -280,7 +287,7 @@ mod tests {
         v["mounts"] = json!([
             {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]}
         ]);
-        let err = guest_spec(spec(v), "c1", &PodRole::Standalone).expect_err("relative");
+        let err = guest_spec(spec(v), &PodRole::Standalone).expect_err("relative");
         assert!(
             matches!(&err, SpecError::RelativeBindSource { given, .. } if given == Path::new("data")),
             "{err}"
@@ -294,12 +301,8 @@ mod tests {
 
     #[test]
     fn spec_without_process_is_refused() {
-        let err = guest_spec(
-            spec(json!({"ociVersion": "1.0.2"})),
-            "c1",
-            &PodRole::Standalone,
-        )
-        .expect_err("none");
+        let err = guest_spec(spec(json!({"ociVersion": "1.0.2"})), &PodRole::Standalone)
+            .expect_err("none");
         assert!(err.to_string().contains("no process"), "{err}");
     }
 }

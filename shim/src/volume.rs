@@ -7,8 +7,16 @@
 //!   a bind ignores them, so the bind is remounted with them (`MS_BIND|MS_REMOUNT`),
 //!   keeping whatever the source mount already restricts;
 //! - a propagation option (`private`, `rslave`, ...) is applied last, as asked.
+//!
+//! A volume is bound once per pod ([`share_volume`], named by [`volume_name`]), not once per
+//! container: containers of a pod binding the same source with the same host-side options
+//! bind the same guest path, so a mount made in the guest under one container's `rshared`
+//! bind reaches the others' `rslave` binds, as it does under runc on one host.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use sha2::{Digest, Sha256};
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
@@ -59,6 +67,80 @@ fn current_restrictions(path: &Path) -> nix::Result<MsFlags> {
         }
     }
     Ok(out)
+}
+
+/// How a volume's host-side bind relates to mounts made later under its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PropagationClass {
+    /// No propagation asked: the bind inherits its parent's.
+    Inherited,
+    /// `private` or `unbindable`: later mounts do not show.
+    Isolated,
+    /// `slave` or `shared`: later host mounts show (virtiofsd makes no mounts, so the host
+    /// side of a shared and a slave bind behave alike).
+    Receiving,
+}
+
+fn propagation_class(options: &[String]) -> PropagationClass {
+    match propagation(options) {
+        None => PropagationClass::Inherited,
+        Some(p) if p.intersects(MsFlags::MS_SLAVE | MsFlags::MS_SHARED) => {
+            PropagationClass::Receiving
+        }
+        Some(_) => PropagationClass::Isolated,
+    }
+}
+
+/// The pod-level name of the bind of `source` with `options`: equal for two containers'
+/// mounts exactly when their host-side binds would be alike (same source, same `ro`,
+/// `nosuid`, `nodev`, `noexec`, atime and recursion, same propagation class), so they can
+/// share one. A hash, so that no host path shows in the guest's share.
+pub fn volume_name(source: &Path, options: &[String]) -> String {
+    let (flags, _) = parse_options(options);
+    let host_side = flags & (REMOUNT_FLAGS | MsFlags::MS_REC);
+    let mut h = Sha256::new();
+    h.update(source.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(host_side.bits().to_le_bytes());
+    h.update(format!("{:?}", propagation_class(options)).as_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Binds volume `source` on the pod volume `target` unless an earlier container of the pod
+/// already did (then `target` must be a mount of the same file).
+pub fn share_volume(source: &Path, target: &Path, options: &[String]) -> Result<(), MountError> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| MountError::Io {
+            path: "/proc/self/mountinfo".into(),
+            source: e,
+        })?;
+    // mountinfo has real paths (the state dir may sit below a symlink such as /var/run).
+    let mounted = std::fs::canonicalize(target).is_ok_and(|real| {
+        crate::mounts::mount_points_under(&mountinfo, &real)
+            .iter()
+            .any(|p| *p == real)
+    });
+    if !mounted {
+        return bind_volume(source, target, options);
+    }
+    let same = |a: &Path, b: &Path| -> std::io::Result<bool> {
+        let (a, b) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
+        Ok(a.dev() == b.dev() && a.ino() == b.ino())
+    };
+    match same(source, target) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(MountError::VolumeClash {
+            target: target.to_path_buf(),
+            wanted: source.to_path_buf(),
+        }),
+        Err(e) => Err(MountError::Io {
+            path: source.to_path_buf(),
+            source: e,
+        }),
+    }
 }
 
 /// Binds volume `source` on `target` (creating the mount point) with the volume's OCI
@@ -114,6 +196,27 @@ mod tests {
             Some(MsFlags::MS_SLAVE | MsFlags::MS_REC)
         );
         assert_eq!(propagation(&o(&["private"])), Some(MsFlags::MS_PRIVATE));
+    }
+
+    #[test]
+    fn volume_names_match_exactly_when_host_binds_are_alike() {
+        let o = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let src = Path::new("/srv/data");
+        let name = volume_name(src, &o(&["rbind", "rshared"]));
+        assert_eq!(name.len(), 32);
+        assert!(!name.contains('/'));
+        // shared and slave: one host bind serves both.
+        assert_eq!(name, volume_name(src, &o(&["rbind", "rslave"])));
+        for other in [
+            volume_name(src, &o(&["rbind", "rprivate"])),
+            volume_name(src, &o(&["rbind"])),
+            volume_name(src, &o(&["rbind", "rshared", "ro"])),
+            volume_name(src, &o(&["bind", "rshared"])),
+            volume_name(src, &o(&["rbind", "rshared", "nosuid"])),
+            volume_name(Path::new("/srv/data2"), &o(&["rbind", "rshared"])),
+        ] {
+            assert_ne!(name, other);
+        }
     }
 
     #[test]
@@ -217,6 +320,28 @@ mod root_tests {
         detach_all(dir.path());
         assert!(!plain_sees, "bind is not recursive");
         assert!(recursive_sees, "rbind is");
+    }
+
+    #[test]
+    fn a_pod_volume_is_bound_once_and_never_reused_for_another_source() {
+        need_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, other) = (dir.path().join("vol"), dir.path().join("other"));
+        std::fs::create_dir(&src).expect("src");
+        std::fs::create_dir(&other).expect("other");
+        let target = dir.path().join("pod/.volumes/v");
+        share_volume(&src, &target, &opts(&["rbind", "rshared"])).expect("first");
+        share_volume(&src, &target, &opts(&["rbind", "rslave"])).expect("second");
+        let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let real = std::fs::canonicalize(&target).expect("real");
+        let stacked = mount_points_under(&text, &real).len();
+        let clash = share_volume(&other, &target, &opts(&["rbind"]));
+        detach_all(dir.path());
+        assert_eq!(stacked, 1, "the second container reuses the pod's bind");
+        assert!(
+            matches!(clash, Err(MountError::VolumeClash { .. })),
+            "{clash:?}"
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl TaskService {
             spec: guest,
             binds,
             pod: pod_namespaces,
-        } = spec::guest_spec(oci, &task.id, &role)?;
+        } = spec::guest_spec(oci, &role)?;
         let json = serde_json::to_vec(&guest)
             .map_err(|e| ShimError::Internal(format!("encode spec: {e}")))?;
 

@@ -104,8 +104,10 @@ impl PodLauncher for Arc<FakePodLauncher> {
             std::fs::create_dir_all(&p).map_err(|source| MountError::Io { path: p, source })
         };
         mk(dir.join("rootfs"))?;
-        for b in files.binds {
-            mk(dir.join("mounts").join(&b.name))?;
+        if let Some(shared) = dir.parent() {
+            for b in files.binds {
+                mk(shared.join(crate::spec::VOLUMES_DIR).join(&b.name))?;
+            }
         }
         self.state.locked().shared.push(dir.to_path_buf());
         Ok(())
