@@ -40,6 +40,10 @@ struct Cli {
     /// to the default command line); each gets a row against the default.
     #[arg(long = "alt-cmdline", value_parser = parse_alt_cmdline)]
     alt_cmdlines: Vec<(String, String)>,
+    /// More guest kernels to boot husk with, each `NAME=PATH`; each gets a row against
+    /// the default kernel (what a kernel config change costs in boot time).
+    #[arg(long = "alt-kernel", value_parser = parse_alt)]
+    alt_kernels: Vec<(String, PathBuf)>,
     /// QEMU binary for the microvm anchor.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
@@ -170,18 +174,25 @@ fn main() -> ExitCode {
     let mut husk_boot = Vec::new();
     let mut husk_overhead = Vec::new();
     let mut husk_touched = Vec::new();
-    // Variants of the husk boot: (name, initrd, kernel command line).
-    let mut alts: Vec<(String, PathBuf, String)> = Vec::new();
+    // Variants of the husk boot: (name, guest, kernel command line).
+    let mut alts: Vec<(String, Guest, String)> = Vec::new();
     for (name, initrd) in &cli.alt_initrds {
-        alts.push((
-            format!("initrd {name}"),
-            initrd.clone(),
-            boot::cmdline().build(),
-        ));
+        let alt = Guest {
+            initrd: initrd.clone(),
+            ..guest.clone()
+        };
+        alts.push((format!("initrd {name}"), alt, boot::cmdline().build()));
     }
     for (name, params) in &cli.alt_cmdlines {
         let cmdline = boot::cmdline().param(params).build();
-        alts.push((format!("cmdline {name}"), cli.initrd.clone(), cmdline));
+        alts.push((format!("cmdline {name}"), guest.clone(), cmdline));
+    }
+    for (name, kernel) in &cli.alt_kernels {
+        let alt = Guest {
+            kernel: kernel.clone(),
+            ..guest.clone()
+        };
+        alts.push((format!("kernel {name}"), alt, boot::cmdline().build()));
     }
     let mut alt_boot = vec![Vec::new(); alts.len()];
     let mut alt_touched = vec![Vec::new(); alts.len()];
@@ -210,12 +221,8 @@ fn main() -> ExitCode {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        for (i, (name, initrd, cmdline)) in alts.iter().enumerate() {
-            let alt = Guest {
-                initrd: initrd.clone(),
-                ..guest.clone()
-            };
-            let booted = boot::husk_command_with(&vmm, &alt, cmdline, &vmm_config)
+        for (i, (name, alt, cmdline)) in alts.iter().enumerate() {
+            let booted = boot::husk_command_with(&vmm, alt, cmdline, &vmm_config)
                 .and_then(|cmd| boot::boot_once(name, cmd, timeout));
             match booted {
                 Ok(sample) => {

@@ -57,8 +57,38 @@ fn initrd_variants(a: &artifacts::Artifacts) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Builds everything and runs the benchmarks with `runs` runs per figure.
-pub fn run(runs: usize) -> Result<bool> {
+/// What `cargo xtask bench` was asked for.
+pub struct Options {
+    /// Runs per figure.
+    pub runs: usize,
+    /// More guest kernels to boot, `NAME=PATH`.
+    pub alt_kernels: Vec<String>,
+    /// Only the boot figures.
+    pub boot_only: bool,
+}
+
+/// The `NAME=PATH` of an extra kernel, checked.
+fn alt_kernel(spec: &str) -> Result<(String, PathBuf)> {
+    let (name, path) = spec
+        .split_once('=')
+        .with_context(|| format!("--alt-kernel {spec:?}: expected NAME=PATH"))?;
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        "--alt-kernel {spec:?}: the name takes letters, digits and '-'"
+    );
+    let path = PathBuf::from(path);
+    anyhow::ensure!(path.is_file(), "--alt-kernel {spec:?}: no such file");
+    Ok((name.to_string(), path))
+}
+
+/// Builds everything and runs the benchmarks as `opts` asks.
+pub fn run(opts: &Options) -> Result<bool> {
+    let runs = opts.runs;
+    let kernels = opts
+        .alt_kernels
+        .iter()
+        .map(|k| alt_kernel(k))
+        .collect::<Result<Vec<_>>>()?;
     let a = artifacts::build_all()?;
     let variants = initrd_variants(&a)?;
     let json_out = a.root.join("target/husk/bench.json");
@@ -69,6 +99,12 @@ pub fn run(runs: usize) -> Result<bool> {
         }
         for (name, params) in CMDLINE_VARIANTS {
             cmd.arg(format!("--alt-cmdline={name}={params}"));
+        }
+        for (name, path) in &kernels {
+            cmd.arg(format!("--alt-kernel={name}={}", path.display()));
+        }
+        if opts.boot_only {
+            cmd.arg("--boot-only");
         }
         let status = cmd
             .arg("--runs")
@@ -99,6 +135,14 @@ pub fn run(runs: usize) -> Result<bool> {
     }
     for (name, params) in CMDLINE_VARIANTS {
         alts.push_str(&format!(" '--alt-cmdline={name}={params}'"));
+    }
+    for (name, path) in &kernels {
+        let inside = format!("/husk/guest/vmlinux-{name}");
+        files.push(HostFile::new(path, inside.clone()));
+        alts.push_str(&format!(" --alt-kernel={name}={inside}"));
+    }
+    if opts.boot_only {
+        alts.push_str(" --boot-only");
     }
     let command = format!(
         "export PATH={HOST_BIN}:$PATH; \

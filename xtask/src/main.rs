@@ -44,6 +44,13 @@ enum Cmd {
         /// Runs per figure.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Also boot with this guest kernel, `NAME=PATH` (a row against the default one;
+        /// e.g. a cached build of an earlier config from /var/cache/husk/kernel).
+        #[arg(long = "alt-kernel")]
+        alt_kernels: Vec<String>,
+        /// Only the boot figures (no containerd).
+        #[arg(long)]
+        boot_only: bool,
     },
     /// Builds everything and installs the shim, the VMM, virtiofsd, the guest kernel and initramfs.
     Install {
@@ -67,7 +74,15 @@ fn main() -> ExitCode {
             .and_then(|()| e2e::unit_tests())
             .and_then(|ok| Ok(e2e::run(None, &[])? && ok)),
         Cmd::Demo => deps::ensure().and_then(|()| e2e::demo()),
-        Cmd::Bench { runs } => bench::run(runs),
+        Cmd::Bench {
+            runs,
+            alt_kernels,
+            boot_only,
+        } => bench::run(&bench::Options {
+            runs,
+            alt_kernels,
+            boot_only,
+        }),
         Cmd::Install { prefix, share_dir } => install::run(&prefix, &share_dir),
     };
     match result {
