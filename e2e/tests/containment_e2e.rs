@@ -1,0 +1,252 @@
+//! End-to-end containment tests: the host side of a husk pod holds when the guest is
+//! hostile (design §9). Real containerd, shim, husk-vmm, virtiofsd and guest kernel, in the
+//! test host; run with `cargo xtask e2e containment`.
+//!
+//! A guest root can do anything the guest kernel allows, so each test looks at what the
+//! host enforces: the host-side mount options of a volume, husk-vmm's seccomp, capabilities
+//! and mount namespace, virtiofsd's root.
+
+use husk_lock::MutexExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use husk_e2e::containerd::{
+    Containerd, Options, BUSYBOX_IMAGE as IMAGE, HUSK_RUNTIME as RUNTIME, HUSK_STATE_DIR,
+};
+use husk_e2e::Artifacts;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The virtio-fs tag of the pod share (the shim's `SHARE_TAG`).
+const SHARE_TAG: &str = "husk-share";
+
+fn daemon() -> (&'static Containerd, MutexGuard<'static, ()>) {
+    static D: OnceLock<Containerd> = OnceLock::new();
+    let guard = SERIAL.locked();
+    let d = D.get_or_init(|| {
+        let artifacts = Artifacts::from_env();
+        let work = artifacts.work_dir.join("containment");
+        Containerd::start(artifacts, Options::new(work))
+    });
+    (d, guard)
+}
+
+/// The pod directory of container `id` (a `ctr run` container is its own pod).
+fn pod_dir(d: &Containerd, id: &str) -> PathBuf {
+    Path::new(HUSK_STATE_DIR).join(&d.opts.namespace).join(id)
+}
+
+/// `ctr run -d` of a `sleep` with `extra` ctr options, waiting until it runs.
+fn run_sleeper(d: &Containerd, id: &str, extra: &[&str]) {
+    let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[IMAGE, id, "sleep", "600"]);
+    d.ctr_ok(&args);
+    d.wait_status(id, "RUNNING");
+}
+
+/// Kills and removes container `id`, then checks nothing of husk is left.
+fn remove(d: &Containerd, id: &str) {
+    let _ = d.ctr(&["task", "kill", "-s", "KILL", id]);
+    let out = d.ctr(&["task", "delete", "-f", id]);
+    assert!(out.status.success(), "task delete: {}", d.explain(&out));
+    d.ctr_ok(&["container", "rm", id]);
+    d.assert_nothing_left(&format!("after {id}"));
+}
+
+/// `(stdout, stderr, exit code)` of `ctr task exec` in `id`.
+fn exec(d: &Containerd, id: &str, exec_id: &str, cmd: &[&str]) -> (String, String, Option<i32>) {
+    let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
+    args.extend_from_slice(cmd);
+    let out = d.ctr(&args);
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// Host processes whose argv\[0\] ends with `binary` and whose arguments mention `dir`.
+fn processes_of(binary: &str, dir: &Path) -> Vec<u32> {
+    let dir = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is = args.first().is_some_and(|a| a.ends_with(binary));
+        if is && args.iter().skip(1).any(|a| a.contains(&dir)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The mountinfo lines of the host whose mount point lies below `dir`.
+fn host_mounts_below(dir: &Path) -> Vec<String> {
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|p| Path::new(p).starts_with(&real))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// `ro` on a volume is the host's: the host-side bind in the pod share is read-only in the
+/// host's mountinfo, a write in the container fails with EROFS, and so does a write by a
+/// privileged container that mounts the virtio-fs share itself (a guest root bypassing the
+/// container's own read-only bind).
+#[test]
+fn containment_a_read_only_volume_is_read_only_on_the_host() {
+    let (d, _g) = daemon();
+    let src = d.opts.work.join("ro-volume");
+    std::fs::create_dir_all(&src).expect("volume dir");
+    std::fs::write(src.join("keep"), "host file\n").expect("volume file");
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:ro", src.display());
+
+    let id = "rovol";
+    run_sleeper(d, id, &["--mount", &mount]);
+    let volumes = pod_dir(d, id).join("shared/.volumes");
+    let binds = host_mounts_below(&volumes);
+    assert_eq!(binds.len(), 1, "one host bind for the volume: {binds:#?}");
+    let options: Vec<&str> = binds[0].split(' ').nth(5).unwrap_or("").split(',').collect();
+    assert!(
+        options.contains(&"ro"),
+        "the host-side bind of a ro volume is not ro: {}",
+        binds[0]
+    );
+    let (out, _, code) = exec(d, id, "read", &["cat", "/data/keep"]);
+    assert_eq!((out.as_str(), code), ("host file\n", Some(0)));
+    let (_, err, code) = exec(d, id, "write", &["touch", "/data/from-container"]);
+    assert_ne!(code, Some(0), "a write to a ro volume succeeded");
+    assert!(err.contains("Read-only file system"), "{err}");
+    remove(d, id);
+
+    // A guest root mounts the share itself: virtiofsd's writes hit the host's ro bind.
+    let id = "rovolpriv";
+    run_sleeper(d, id, &["--privileged", "--mount", &mount]);
+    let script = format!(
+        "mkdir -p /mnt/share && mount -t virtiofs {SHARE_TAG} /mnt/share && \
+         cat /mnt/share/.volumes/*/keep && \
+         for v in /mnt/share/.volumes/*; do touch $v/from-guest-root; done"
+    );
+    let (out, err, code) = exec(d, id, "bypass", &["sh", "-c", &script]);
+    assert!(
+        out.contains("host file"),
+        "the privileged container did not reach the volume through its own mount of the \
+         share (the test would prove nothing): {out:?} {err:?}"
+    );
+    assert_ne!(code, Some(0), "the write through the share succeeded: {err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    remove(d, id);
+    let written: Vec<_> = std::fs::read_dir(&src)
+        .expect("volume dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(written, vec![std::ffi::OsString::from("keep")], "host dir changed");
+}
+
+/// The `(Seccomp, NoNewPrivs, CapEff)` fields of a `/proc/.../status` text.
+fn confinement(status: &str) -> (String, String, String) {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    (field("Seccomp"), field("NoNewPrivs"), field("CapEff"))
+}
+
+/// husk-vmm is confined like Firecracker's jailed VMM: every thread has a seccomp filter
+/// (`Seccomp: 2`), no_new_privs and no capability; its mount namespace is not the host's
+/// and its root holds none of the host's files.
+#[test]
+fn containment_husk_vmm_runs_jailed_with_seccomp_and_no_capabilities() {
+    let (d, _g) = daemon();
+    let id = "jailed";
+    run_sleeper(d, id, &[]);
+    let pod = pod_dir(d, id);
+    let vmms = processes_of("husk-vmm", &pod);
+    assert_eq!(vmms.len(), 1, "one husk-vmm for {}: {vmms:?}", pod.display());
+    let vmm = vmms[0];
+    let tasks: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{vmm}/task"))
+        .expect("tasks")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(tasks.len() >= 2, "husk-vmm runs vCPU and device threads: {tasks:?}");
+    for task in &tasks {
+        let status = std::fs::read_to_string(task.join("status")).expect("status");
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        assert_eq!(
+            confinement(&status),
+            ("2".into(), "1".into(), "0000000000000000".into()),
+            "thread {} ({}) of husk-vmm is not confined",
+            task.display(),
+            name.trim()
+        );
+    }
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("mnt ns");
+    assert_ne!(ns(&vmm.to_string()), ns("self"), "husk-vmm shares the host's mounts");
+    let root = PathBuf::from(format!("/proc/{vmm}/root"));
+    for host_file in ["etc/passwd", "usr/bin", "var/lib"] {
+        assert!(
+            !root.join(host_file).exists(),
+            "/{host_file} of the host is visible in husk-vmm's root"
+        );
+    }
+    // The VM still works: the guest's vsock connections to the host still reach the shim.
+    let (out, _, code) = exec(d, id, "alive", &["echo", "still served"]);
+    assert_eq!((out.as_str(), code), ("still served\n", Some(0)));
+    remove(d, id);
+}
+
+/// virtiofsd runs in its namespace sandbox: the process serving the share has the share as
+/// its root, so no `..` or symlink lookup from the share reaches a host file outside it.
+#[test]
+fn containment_virtiofsd_is_rooted_at_the_share() {
+    let (d, _g) = daemon();
+    let id = "fsroot";
+    run_sleeper(d, id, &[]);
+    let pod = pod_dir(d, id);
+    let shared = pod.join("shared");
+    let helpers = processes_of("virtiofsd", &pod);
+    assert!(!helpers.is_empty(), "no virtiofsd for {}", pod.display());
+    let mut serving = 0;
+    for pid in &helpers {
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        if root.join(id).join("rootfs/bin").exists() {
+            assert!(
+                !root.join("etc/passwd").exists() && !root.join("usr").exists(),
+                "virtiofsd {pid}: host files below its root"
+            );
+            serving += 1;
+            continue;
+        }
+        // Not rooted at the share: it must not serve it (virtiofsd's monitor parent).
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            assert!(
+                !target.starts_with(&shared),
+                "virtiofsd {pid} serves {} from the host's root (fd {})",
+                target.display(),
+                fd.path().display()
+            );
+        }
+    }
+    assert_eq!(serving, 1, "one virtiofsd rooted at the share: {helpers:?}");
+    remove(d, id);
+}
