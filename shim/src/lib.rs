@@ -8,7 +8,7 @@
 //! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`volume`], [`cleanup`],
 //!   [`private`], [`console`], [`sandbox`]: the pod VM;
 //! - [`pod`]: the seam between the Task service and the pod VM's host side;
-//! - [`stdio`], [`events`], [`oom`], [`process`], [`service`]: the Task service;
+//! - [`stdio`], [`events`], [`oom`], [`ratelimit`], [`process`], [`service`]: the Task service;
 //! - [`bootstrap`]: the binary's `start`, `delete` and serve actions.
 
 pub mod annotations;
@@ -26,6 +26,7 @@ pub mod oom;
 pub mod pod;
 pub mod private;
 pub mod process;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod service;
 pub mod spec;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::annotations::{PodRole, VmSize};
 use crate::error::ShimError;
-use crate::oom::{self, OomMonitor};
+use crate::oom::{self, OomLimits, OomMonitor};
 use crate::pod::PodVm;
 use crate::sandbox::SandboxPaths;
 
@@ -53,7 +53,11 @@ impl TaskService {
     /// Starts publishing the guest's OOM kills; a pod without them still runs.
     fn watch_oom(&self, vm: &dyn PodVm, id: &str) {
         let source = Arc::new(oom::AgentOom(vm.agent()));
-        match OomMonitor::start(source, Arc::clone(&self.events), oom::POLL_WAIT) {
+        let containers = Arc::clone(&self.containers);
+        let known: oom::KnownContainers =
+            Arc::new(move |id: &str| containers.locked().contains_key(id));
+        let events = Arc::clone(&self.events);
+        match OomMonitor::start(source, events, known, OomLimits::default(), oom::POLL_WAIT) {
             Ok(m) => *self.oom.locked() = Some(m),
             Err(e) => tracing::warn!("no OOM events for pod of {id}: {e}"),
         }
