@@ -197,3 +197,26 @@ fn calls_for_unknown_ids_are_not_found() {
         "unknown ids never reach the agent: {asked:?}"
     );
 }
+
+#[test]
+fn annotations_above_the_caps_or_not_allowed_are_refused_before_anything_is_made() {
+    let h = Harness::new();
+    for (key, value, says) in [
+        ("io.husk.memory_mib", "999999", "above the cap of 16384"),
+        ("io.husk.kernel", "/tmp/evil", "not allowed"),
+    ] {
+        let err = h
+            .create_with("c1", json!({ key: value }))
+            .expect_err("refused");
+        assert!(matches!(err, ShimError::InvalidArgument(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(key) && msg.contains(value) && msg.contains(says),
+            "{msg}"
+        );
+        assert_eq!(h.pods.starts(), 0, "no boot");
+        assert!(h.pods.shared().is_empty(), "nothing shared");
+        assert!(!h.pod_paths("c1").dir.exists(), "no state dir");
+        assert!(h.events.events().is_empty(), "no event");
+    }
+}
