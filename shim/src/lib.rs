@@ -7,6 +7,7 @@
 //!   the process state machine, the guest's OCI spec and its namespaces;
 //! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`volume`], [`cleanup`],
 //!   [`private`], [`console`], [`sandbox`]: the pod VM;
+//! - [`host_cgroup`]: the cgroup of a pod's host-side processes;
 //! - [`pod`]: the seam between the Task service and the pod VM's host side;
 //! - [`stdio`], [`events`], [`oom`], [`ratelimit`], [`process`], [`service`]: the Task service;
 //! - [`bootstrap`]: the binary's `start`, `delete` and serve actions.
@@ -20,6 +21,7 @@ pub mod console;
 pub mod convert;
 pub mod error;
 pub mod events;
+pub mod host_cgroup;
 pub mod mounts;
 pub mod namespaces;
 pub mod oom;

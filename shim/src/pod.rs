@@ -11,6 +11,7 @@ use husk_protocol::AgentApi;
 use crate::annotations::VmSize;
 use crate::config::Config;
 use crate::convert::RootfsMount;
+use crate::host_cgroup::{CgroupTarget, HostCgroups};
 use crate::mounts::{self, MountError};
 use crate::sandbox::{Sandbox, SandboxError, SandboxPaths};
 use crate::spec::HostBind;
@@ -34,9 +35,15 @@ pub trait PodLauncher: Send + Sync {
     /// [`mounts::remove_tree`], which only unmounts what lies below the directory.
     fn share_container(&self, dir: &Path, files: ContainerFiles<'_>) -> Result<(), MountError>;
 
-    /// Boots the pod VM whose files live at `paths` and waits until its agent answered.
-    /// On error nothing it started is left running, and the pod directory is removed.
-    fn start(&self, paths: SandboxPaths, size: VmSize) -> Result<Arc<dyn PodVm>, SandboxError>;
+    /// Boots the pod VM whose files live at `paths`, its host side in the cgroup `cgroup`
+    /// says, and waits until its agent answered. On error nothing it started is left
+    /// running, and the pod directory and cgroup are removed.
+    fn start(
+        &self,
+        paths: SandboxPaths,
+        size: VmSize,
+        cgroup: &CgroupTarget,
+    ) -> Result<Arc<dyn PodVm>, SandboxError>;
 }
 
 /// A running pod VM, as the Task service uses it.
@@ -53,17 +60,24 @@ pub trait PodVm: Send + Sync {
     fn destroy(&self);
 }
 
-/// The real launcher: host mounts, then [`Sandbox::start`] (virtiofsd, husk-vmm through
-/// `vmm`, the agent connection).
+/// The real launcher: host mounts, then [`Sandbox::start`] (the host cgroup, virtiofsd,
+/// husk-vmm through `vmm`, the agent connection).
 pub struct HostPodLauncher {
     config: Config,
     vmm: Box<dyn VmLauncher>,
+    cgroups: Box<dyn HostCgroups>,
 }
 
 impl HostPodLauncher {
-    /// A launcher booting VMs with `vmm` as `config` says.
+    /// A launcher booting VMs with `vmm` as `config` says, their host side in cgroups as
+    /// `config.host_cgroup` says.
     pub fn new(config: Config, vmm: Box<dyn VmLauncher>) -> Self {
-        HostPodLauncher { config, vmm }
+        let cgroups = crate::host_cgroup::from_config(&config);
+        HostPodLauncher {
+            config,
+            vmm,
+            cgroups,
+        }
     }
 }
 
@@ -86,8 +100,20 @@ impl PodLauncher for HostPodLauncher {
         Ok(())
     }
 
-    fn start(&self, paths: SandboxPaths, size: VmSize) -> Result<Arc<dyn PodVm>, SandboxError> {
-        let sb = Sandbox::start(&self.config, self.vmm.as_ref(), paths, size)?;
+    fn start(
+        &self,
+        paths: SandboxPaths,
+        size: VmSize,
+        cgroup: &CgroupTarget,
+    ) -> Result<Arc<dyn PodVm>, SandboxError> {
+        let sb = Sandbox::start(
+            &self.config,
+            self.vmm.as_ref(),
+            self.cgroups.as_ref(),
+            paths,
+            size,
+            cgroup,
+        )?;
         Ok(Arc::new(sb))
     }
 }

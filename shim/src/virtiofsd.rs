@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::child;
+use crate::host_cgroup::CgroupProcs;
 
 /// Errors starting virtiofsd.
 #[derive(Debug, thiserror::Error)]
@@ -53,18 +54,20 @@ pub fn start(
     log: &Path,
     timeout: Duration,
 ) -> Result<Child, VirtiofsdError> {
-    let mut proc = spawn(binary, socket, shared, log)?;
+    let mut proc = spawn(binary, socket, shared, log, None)?;
     wait_socket(&mut proc, socket, log, timeout)?;
     Ok(proc)
 }
 
 /// Starts virtiofsd without waiting for its socket, so that the VMM can start
-/// meanwhile (it retries connecting); [`wait_socket`] checks on it later.
+/// meanwhile (it retries connecting); [`wait_socket`] checks on it later. It runs in
+/// `cgroup` when given (the pod's host cgroup).
 pub fn spawn(
     binary: &Path,
     socket: &Path,
     shared: &Path,
     log: &Path,
+    cgroup: Option<&CgroupProcs>,
 ) -> Result<Child, VirtiofsdError> {
     let spawn_err = |source| VirtiofsdError::Spawn {
         binary: binary.to_path_buf(),
@@ -77,7 +80,7 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    child::spawn_tied(cmd).map_err(spawn_err)
+    child::spawn_tied_in(cmd, cgroup).map_err(spawn_err)
 }
 
 /// Waits until virtiofsd (`proc`, logging to `log`) has created `socket`; on

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::annotations::{PodRole, VmSize};
 use crate::error::ShimError;
+use crate::host_cgroup::CgroupTarget;
 use crate::oom::{self, OomLimits, OomMonitor};
 use crate::pod::PodVm;
 use crate::sandbox::SandboxPaths;
@@ -28,6 +29,7 @@ impl TaskService {
         role: &PodRole,
         id: &str,
         size: VmSize,
+        cgroup: &CgroupTarget,
         prepare_share: &dyn Fn() -> Result<()>,
     ) -> Result<(Arc<dyn PodVm>, bool)> {
         let mut pod = self.pod.locked();
@@ -43,7 +45,7 @@ impl TaskService {
         let paths = SandboxPaths::new(&self.config.state_dir, &self.namespace, role.pod_id(id));
         prepare_share()?;
         let started = Instant::now();
-        let vm = self.launcher.start(paths, size)?;
+        let vm = self.launcher.start(paths, size, cgroup)?;
         tracing::info!("pod VM for {id} up in {:?}", started.elapsed());
         self.watch_oom(vm.as_ref(), id);
         *pod = Some(Arc::clone(&vm));
