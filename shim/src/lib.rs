@@ -6,7 +6,7 @@
 //! - [`convert`], [`state`], [`spec`], [`namespaces`]: pure request/response conversions,
 //!   the process state machine, the guest's OCI spec and its namespaces;
 //! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`volume`], [`cleanup`],
-//!   [`private`], [`console`], [`sandbox`]: the pod VM;
+//!   [`private`], [`console`], [`share`], [`sandbox`]: the pod VM;
 //! - [`host_cgroup`]: the cgroup of a pod's host-side processes;
 //! - [`pod`]: the seam between the Task service and the pod VM's host side;
 //! - [`stdio`], [`events`], [`oom`], [`ratelimit`], [`process`], [`service`]: the Task service;
@@ -31,6 +31,7 @@ pub mod process;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod service;
+pub mod share;
 pub mod spec;
 pub mod state;
 pub mod stdio;

@@ -85,12 +85,24 @@ impl PodLauncher for HostPodLauncher {
     fn share_container(&self, dir: &Path, files: ContainerFiles<'_>) -> Result<(), MountError> {
         // `dir` is `<pod>/shared/<id>`: the pod directory is made private before anything
         // is mounted below it (the sandbox container's share comes before the VM).
-        if let Some(pod_dir) = dir.parent().and_then(Path::parent) {
-            crate::private::create_dir(&self.config.state_dir, pod_dir).map_err(|source| {
-                MountError::Io {
-                    path: pod_dir.to_path_buf(),
-                    source,
-                }
+        if let Some(shared) = dir.parent() {
+            if let Some(pod_dir) = shared.parent() {
+                crate::private::create_dir(&self.config.state_dir, pod_dir).map_err(|source| {
+                    MountError::Io {
+                        path: pod_dir.to_path_buf(),
+                        source,
+                    }
+                })?;
+            }
+            // Before anything is mounted below it: virtiofsd's namespace sees later mounts
+            // only through a shared mount ([`crate::share`]).
+            std::fs::create_dir_all(shared).map_err(|source| MountError::Io {
+                path: shared.to_path_buf(),
+                source,
+            })?;
+            crate::share::make_shared(shared).map_err(|e| MountError::Io {
+                path: shared.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
             })?;
         }
         mounts::mount_rootfs(files.rootfs, files.root, &dir.join("rootfs"))?;
