@@ -9,7 +9,7 @@ use super::CgroupError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupsPath {
     /// A cgroupfs path (`/kubepods/besteffort/pod123/abc`): absolute from the cgroup root,
-    /// or relative to where husk puts pods without a path ([`default_parent`]).
+    /// or relative to where husk puts pods without a path (`default_parent`).
     Cgroupfs(PathBuf),
     /// systemd's `slice:prefix:name` (containerd's CRI plugin with `SystemdCgroup = true`).
     Systemd {
