@@ -1,4 +1,9 @@
 //! OCI annotations the shim reads: the CRI pod identity and husk's per-pod overrides.
+//!
+//! A pod's annotations come from whoever creates it, not from the node's admin, so husk's
+//! own (`io.husk.*`) are refused unless the config's `enable_annotations` allows them, and
+//! a size above the admin caps (`max_vcpus`, `max_memory_mib`) is refused rather than
+//! clamped: the pod's author learns at once why the pod does not get what it asked for.
 
 use std::collections::HashMap;
 
@@ -12,6 +17,8 @@ pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 pub const HUSK_VCPUS: &str = "io.husk.vcpus";
 /// husk: memory of the pod's VM in MiB.
 pub const HUSK_MEMORY_MIB: &str = "io.husk.memory_mib";
+/// Prefix of husk's annotations; each one a pod sets must be allowed by the config.
+pub const HUSK_PREFIX: &str = "io.husk.";
 
 /// Errors in annotations.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,6 +33,55 @@ pub enum AnnotationError {
         /// What is wrong.
         message: String,
     },
+    /// A size is above the admin's cap.
+    #[error("annotation {key}={value:?} is above the cap of {cap} (config key {config_key})")]
+    AboveCap {
+        /// The annotation.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// The cap.
+        cap: u64,
+        /// The config key setting the cap.
+        config_key: &'static str,
+    },
+    /// A husk annotation the config's `enable_annotations` does not allow.
+    #[error("annotation {key}={value:?} is not allowed (config enable_annotations = {allowed:?})")]
+    NotAllowed {
+        /// The annotation.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What the config allows.
+        allowed: Vec<String>,
+    },
+}
+
+/// Whether `key` matches an `enable_annotations` entry: the key itself, or a prefix of it
+/// ending in `*`.
+pub fn allowed_by(key: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => key.starts_with(prefix),
+        None => key == a,
+    })
+}
+
+/// Refuses any husk annotation (`io.husk.*`) the config does not allow; other annotations
+/// are not husk's to judge.
+pub fn check_allowed(config: &Config, a: &HashMap<String, String>) -> Result<(), AnnotationError> {
+    let mut keys: Vec<&String> = a.keys().filter(|k| k.starts_with(HUSK_PREFIX)).collect();
+    keys.sort();
+    match keys
+        .into_iter()
+        .find(|k| !allowed_by(k, &config.enable_annotations))
+    {
+        Some(key) => Err(AnnotationError::NotAllowed {
+            key: key.clone(),
+            value: a[key].clone(),
+            allowed: config.enable_annotations.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Which VM a container belongs to.
@@ -116,15 +172,35 @@ where
 }
 
 impl VmSize {
-    /// The configured size, overridden by `io.husk.vcpus` and `io.husk.memory_mib`.
+    /// The configured size, overridden by `io.husk.vcpus` and `io.husk.memory_mib`, once
+    /// every husk annotation is allowed and within the caps.
     pub fn from_annotations(
         config: &Config,
         a: &HashMap<String, String>,
     ) -> Result<VmSize, AnnotationError> {
+        check_allowed(config, a)?;
+        let vcpus = parse_in(a, HUSK_VCPUS, 1..=MAX_VCPUS)?;
+        let memory_mib = parse_in(a, HUSK_MEMORY_MIB, MIN_MEMORY_MIB..=MAX_MEMORY_MIB)?;
+        let cap = |key: &'static str, n: u64, cap: u64, config_key| {
+            if n > cap {
+                return Err(AnnotationError::AboveCap {
+                    key,
+                    value: a[key].clone(),
+                    cap,
+                    config_key,
+                });
+            }
+            Ok(())
+        };
+        if let Some(n) = vcpus {
+            cap(HUSK_VCPUS, n.into(), config.vcpu_cap().into(), "max_vcpus")?;
+        }
+        if let Some(n) = memory_mib {
+            cap(HUSK_MEMORY_MIB, n, config.max_memory_mib, "max_memory_mib")?;
+        }
         Ok(VmSize {
-            vcpus: parse_in(a, HUSK_VCPUS, 1..=MAX_VCPUS)?.unwrap_or(config.vcpus),
-            memory_mib: parse_in(a, HUSK_MEMORY_MIB, MIN_MEMORY_MIB..=MAX_MEMORY_MIB)?
-                .unwrap_or(config.memory_mib),
+            vcpus: vcpus.unwrap_or(config.vcpus),
+            memory_mib: memory_mib.unwrap_or(config.memory_mib),
         })
     }
 }
@@ -173,7 +249,11 @@ mod tests {
 
     #[test]
     fn size_defaults_and_overrides() {
-        let c = Config::default();
+        // The vCPU cap set, so that the test does not depend on the host's CPU count.
+        let c = Config {
+            max_vcpus: MAX_VCPUS,
+            ..Config::default()
+        };
         let s = VmSize::from_annotations(&c, &map(&[])).expect("defaults");
         assert_eq!((s.vcpus, s.memory_mib), (c.vcpus, c.memory_mib));
         let s = VmSize::from_annotations(&c, &map(&[(HUSK_VCPUS, "2"), (HUSK_MEMORY_MIB, "512")]))
@@ -182,8 +262,80 @@ mod tests {
     }
 
     #[test]
-    fn bad_sizes_are_named_in_the_error() {
+    fn sizes_above_the_caps_are_refused_with_key_value_and_cap() {
+        let c = Config {
+            max_vcpus: 2,
+            max_memory_mib: 1024,
+            ..Config::default()
+        };
+        let err = VmSize::from_annotations(&c, &map(&[(HUSK_VCPUS, "3")])).expect_err("3 > 2");
+        assert_eq!(
+            err,
+            AnnotationError::AboveCap {
+                key: HUSK_VCPUS,
+                value: "3".into(),
+                cap: 2,
+                config_key: "max_vcpus",
+            }
+        );
+        let text = err.to_string();
+        assert!(text.contains("io.husk.vcpus") && text.contains("\"3\"") && text.contains('2'));
+        let err = VmSize::from_annotations(&c, &map(&[(HUSK_MEMORY_MIB, "2048")]))
+            .expect_err("2048 > 1024");
+        assert_eq!(
+            err,
+            AnnotationError::AboveCap {
+                key: HUSK_MEMORY_MIB,
+                value: "2048".into(),
+                cap: 1024,
+                config_key: "max_memory_mib",
+            }
+        );
+        let at_cap = map(&[(HUSK_VCPUS, "2"), (HUSK_MEMORY_MIB, "1024")]);
+        let s = VmSize::from_annotations(&c, &at_cap).expect("at the caps");
+        assert_eq!((s.vcpus, s.memory_mib), (2, 1024));
+    }
+
+    #[test]
+    fn husk_annotations_need_the_allow_list() {
         let c = Config::default();
+        // A typo or an annotation husk does not allow by default.
+        let err = VmSize::from_annotations(&c, &map(&[("io.husk.vcpu", "2")])).expect_err("typo");
+        assert_eq!(
+            err,
+            AnnotationError::NotAllowed {
+                key: "io.husk.vcpu".into(),
+                value: "2".into(),
+                allowed: c.enable_annotations.clone(),
+            }
+        );
+        assert!(err.to_string().contains("io.husk.vcpu"), "{err}");
+        // Annotations that are not husk's pass untouched.
+        VmSize::from_annotations(&c, &map(&[("io.kubernetes.cri.sandbox-name", "p")]))
+            .expect("not husk's");
+        // Sizing refused by an empty allow-list; a prefix allows all below it.
+        let none = Config {
+            enable_annotations: Vec::new(),
+            ..Config::default()
+        };
+        assert!(matches!(
+            VmSize::from_annotations(&none, &map(&[(HUSK_VCPUS, "1")])),
+            Err(AnnotationError::NotAllowed { ref key, .. }) if key == HUSK_VCPUS
+        ));
+        let all = Config {
+            enable_annotations: vec!["io.husk.*".into()],
+            ..Config::default()
+        };
+        VmSize::from_annotations(&all, &map(&[(HUSK_VCPUS, "1"), ("io.husk.x", "y")]))
+            .expect("prefix");
+    }
+
+    #[test]
+    fn bad_sizes_are_named_in_the_error() {
+        let c = Config {
+            max_vcpus: MAX_VCPUS,
+            ..Config::default()
+        };
         let range = |lo: &dyn std::fmt::Display, hi: &dyn std::fmt::Display| {
             format!("must be in {lo}..={hi}")
         };

@@ -12,7 +12,11 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
+use std::sync::Arc;
+
+use crate::host_cgroup::CgroupProcs;
 
 type SpawnJob = (Command, Sender<io::Result<Child>>);
 
@@ -35,7 +39,28 @@ fn spawner() -> io::Result<Sender<SpawnJob>> {
 }
 
 /// Spawns `cmd` from the spawner thread; the child is SIGKILLed when the shim dies.
-pub fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
+pub fn spawn_tied(cmd: Command) -> io::Result<Child> {
+    spawn_tied_in(cmd, None)
+}
+
+/// [`spawn_tied`], the child first moving itself into `cgroup` (writing `0` to its
+/// `cgroup.procs`), so that it runs nothing, and allocates nothing of its own, outside it.
+pub fn spawn_tied_in(mut cmd: Command, cgroup: Option<&CgroupProcs>) -> io::Result<Child> {
+    if let Some(procs) = cgroup {
+        let file = Arc::clone(&procs.file);
+        // SAFETY: the closure runs in the forked child before exec; it calls only write(2),
+        // which is async-signal-safe, on a descriptor opened before the fork, and
+        // allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                let n = libc::write(file.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if n != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec and calls only prctl and
     // getppid, which are async-signal-safe; it touches no memory shared with the parent.

@@ -32,6 +32,16 @@
 //! # KiB of console husk-vmm may keep on disk (see the `console` module: enforced by the
 //! # VMM, which writes the file; the shim only empties it after boot).
 //! console_log_max_kib = 256
+//! # Admin caps on what a pod's annotations may ask for; max_vcpus = 0: the host's CPUs.
+//! max_vcpus = 0
+//! max_memory_mib = 16384
+//! # husk annotations (io.husk.*) a pod may set: exact keys, or prefixes ending in '*'.
+//! enable_annotations = ["io.husk.vcpus", "io.husk.memory_mib"]
+//! # Put husk-vmm and virtiofsd in a cgroup v2 below the pod's cgroup parent, bounded to
+//! # the VM's size plus these overheads (see the `host_cgroup` module).
+//! host_cgroup = true
+//! host_memory_overhead_mib = 256
+//! host_cpu_overhead_percent = 50
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -55,6 +65,11 @@ pub const MAX_VCPUS: u32 = 64;
 pub const MIN_MEMORY_MIB: u64 = 64;
 /// Most guest memory a pod may ask for (1 TiB).
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Default admin cap on a pod's memory: 16 GiB, well above a typical pod and below what
+/// one pod should take of a node unnoticed.
+pub const DEFAULT_MAX_MEMORY_MIB: u64 = 16 * 1024;
+/// The husk annotations a pod may set by default: the VM sizing ones, within the caps.
+pub const DEFAULT_ENABLE_ANNOTATIONS: [&str; 2] = ["io.husk.vcpus", "io.husk.memory_mib"];
 
 /// Errors reading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +135,20 @@ pub struct Config {
     pub debug_console: bool,
     /// Bound on the console log on disk, in KiB, for husk-vmm to enforce ([`crate::console`]).
     pub console_log_max_kib: u64,
+    /// Most vCPUs a pod's annotations may ask for; 0: the host's CPU count.
+    pub max_vcpus: u32,
+    /// Most guest memory (MiB) a pod's annotations may ask for.
+    pub max_memory_mib: u64,
+    /// husk annotations a pod may set: exact keys, or prefixes ending in `*`.
+    pub enable_annotations: Vec<String>,
+    /// Whether husk-vmm and virtiofsd run in a cgroup of their own ([`crate::host_cgroup`]).
+    pub host_cgroup: bool,
+    /// MiB the host cgroup allows beyond the guest memory (VMM and virtiofsd themselves,
+    /// KVM's page tables, page cache virtiofsd reads through).
+    pub host_memory_overhead_mib: u64,
+    /// CPU the host cgroup allows beyond one CPU per vCPU, in percent of a CPU (virtiofsd
+    /// serving the guest, the VMM's device threads).
+    pub host_cpu_overhead_percent: u32,
 }
 
 impl Default for Config {
@@ -140,6 +169,12 @@ impl Default for Config {
             log_level: "info".to_string(),
             debug_console: false,
             console_log_max_kib: 256,
+            max_vcpus: 0,
+            max_memory_mib: DEFAULT_MAX_MEMORY_MIB,
+            enable_annotations: DEFAULT_ENABLE_ANNOTATIONS.map(String::from).to_vec(),
+            host_cgroup: true,
+            host_memory_overhead_mib: 256,
+            host_cpu_overhead_percent: 50,
         }
     }
 }
@@ -211,6 +246,65 @@ impl Config {
                 return invalid(key, "must be at least 1".into());
             }
         }
+        if self.max_vcpus > MAX_VCPUS {
+            return invalid(
+                "max_vcpus",
+                format!("{} is not in 0..={MAX_VCPUS}", self.max_vcpus),
+            );
+        }
+        if self.max_vcpus != 0 && self.vcpus > self.max_vcpus {
+            return invalid(
+                "vcpus",
+                format!("{} is above max_vcpus = {}", self.vcpus, self.max_vcpus),
+            );
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.max_memory_mib) {
+            return invalid(
+                "max_memory_mib",
+                format!(
+                    "{} is not in {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+                    self.max_memory_mib
+                ),
+            );
+        }
+        if self.memory_mib > self.max_memory_mib {
+            return invalid(
+                "memory_mib",
+                format!(
+                    "{} is above max_memory_mib = {}",
+                    self.memory_mib, self.max_memory_mib
+                ),
+            );
+        }
+        if let Some(bad) = self
+            .enable_annotations
+            .iter()
+            .find(|a| a.is_empty() || a.trim_end_matches('*').contains('*'))
+        {
+            return invalid(
+                "enable_annotations",
+                format!("{bad:?}: a key, or a prefix ending in a single '*'"),
+            );
+        }
+        if self.host_memory_overhead_mib > MAX_MEMORY_MIB {
+            return invalid(
+                "host_memory_overhead_mib",
+                format!(
+                    "{} is above {MAX_MEMORY_MIB}",
+                    self.host_memory_overhead_mib
+                ),
+            );
+        }
+        if self.host_cpu_overhead_percent > 100 * MAX_VCPUS {
+            return invalid(
+                "host_cpu_overhead_percent",
+                format!(
+                    "{} is above {}",
+                    self.host_cpu_overhead_percent,
+                    100 * MAX_VCPUS
+                ),
+            );
+        }
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {
             return invalid(
                 "log_level",
@@ -218,6 +312,15 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The most vCPUs a pod may ask for: `max_vcpus`, or the host's CPU count when 0.
+    pub fn vcpu_cap(&self) -> u32 {
+        if self.max_vcpus != 0 {
+            return self.max_vcpus;
+        }
+        let host = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        u32::try_from(host).unwrap_or(MAX_VCPUS).min(MAX_VCPUS)
     }
 
     /// Boot timeout as a duration.
@@ -280,6 +383,16 @@ mod tests {
             ("log_level = \"loud\"", "log_level"),
             ("boot_timeout_secs = 0", "boot_timeout_secs"),
             ("console_log_max_kib = 0", "console_log_max_kib"),
+            ("max_vcpus = 65", "max_vcpus"),
+            ("max_vcpus = 2\nvcpus = 4", "vcpus"),
+            ("max_memory_mib = 1", "max_memory_mib"),
+            ("max_memory_mib = 1024\nmemory_mib = 2048", "memory_mib"),
+            ("enable_annotations = [\"\"]", "enable_annotations"),
+            ("enable_annotations = [\"io.*.x\"]", "enable_annotations"),
+            (
+                "host_cpu_overhead_percent = 100000",
+                "host_cpu_overhead_percent",
+            ),
         ] {
             let r = Config::parse(bad, p);
             assert!(
@@ -287,6 +400,20 @@ mod tests {
                 "{bad}: {r:?}"
             );
         }
+    }
+
+    #[test]
+    fn caps_default_to_the_host_and_16_gib() {
+        let c = Config::default();
+        assert_eq!(c.max_memory_mib, 16384);
+        let host = std::thread::available_parallelism().expect("cpus").get() as u32;
+        assert_eq!(c.vcpu_cap(), host.min(MAX_VCPUS));
+        let c = Config::parse("max_vcpus = 3", Path::new("x.toml")).expect("parse");
+        assert_eq!(c.vcpu_cap(), 3);
+        assert_eq!(
+            Config::default().enable_annotations,
+            ["io.husk.vcpus", "io.husk.memory_mib"]
+        );
     }
 
     #[test]

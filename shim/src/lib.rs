@@ -6,9 +6,10 @@
 //! - [`convert`], [`state`], [`spec`], [`namespaces`]: pure request/response conversions,
 //!   the process state machine, the guest's OCI spec and its namespaces;
 //! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`volume`], [`cleanup`],
-//!   [`private`], [`console`], [`sandbox`]: the pod VM;
+//!   [`private`], [`console`], [`share`], [`sandbox`]: the pod VM;
+//! - [`host_cgroup`]: the cgroup of a pod's host-side processes;
 //! - [`pod`]: the seam between the Task service and the pod VM's host side;
-//! - [`stdio`], [`events`], [`oom`], [`process`], [`service`]: the Task service;
+//! - [`stdio`], [`events`], [`oom`], [`ratelimit`], [`process`], [`service`]: the Task service;
 //! - [`bootstrap`]: the binary's `start`, `delete` and serve actions.
 
 pub mod annotations;
@@ -20,14 +21,17 @@ pub mod console;
 pub mod convert;
 pub mod error;
 pub mod events;
+pub mod host_cgroup;
 pub mod mounts;
 pub mod namespaces;
 pub mod oom;
 pub mod pod;
 pub mod private;
 pub mod process;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod service;
+pub mod share;
 pub mod spec;
 pub mod state;
 pub mod stdio;

@@ -12,6 +12,7 @@ use husk_protocol::AgentApi;
 use crate::annotations::VmSize;
 use crate::config::Config;
 use crate::convert::RootfsMount;
+use crate::host_cgroup::{CgroupTarget, HostCgroups};
 use crate::mounts::{self, MountError};
 use crate::sandbox::{Sandbox, SandboxError, SandboxPaths};
 use crate::spec::HostBind;
@@ -36,9 +37,15 @@ pub trait PodLauncher: Send + Sync {
     /// the first container of the pod that needs it and kept until the pod ends.
     fn share_container(&self, dir: &Path, files: ContainerFiles<'_>) -> Result<(), MountError>;
 
-    /// Boots the pod VM whose files live at `paths` and waits until its agent answered.
-    /// On error nothing it started is left running, and the pod directory is removed.
-    fn start(&self, paths: SandboxPaths, size: VmSize) -> Result<Arc<dyn PodVm>, SandboxError>;
+    /// Boots the pod VM whose files live at `paths`, its host side in the cgroup `cgroup`
+    /// says, and waits until its agent answered. On error nothing it started is left
+    /// running, and the pod directory and cgroup are removed.
+    fn start(
+        &self,
+        paths: SandboxPaths,
+        size: VmSize,
+        cgroup: &CgroupTarget,
+    ) -> Result<Arc<dyn PodVm>, SandboxError>;
 }
 
 /// A running pod VM, as the Task service uses it.
@@ -55,23 +62,27 @@ pub trait PodVm: Send + Sync {
     fn destroy(&self);
 }
 
-/// The real launcher: host mounts, then [`Sandbox::start`] (virtiofsd, husk-vmm through
-/// `vmm`, the agent connection).
+/// The real launcher: host mounts, then [`Sandbox::start`] (the host cgroup, virtiofsd,
+/// husk-vmm through `vmm`, the agent connection).
 pub struct HostPodLauncher {
     config: Config,
     vmm: Box<dyn VmLauncher>,
     /// Held while binding volumes: two containers of a pod created at once must not both
     /// see a volume unbound and bind it twice.
     volumes: std::sync::Mutex<()>,
+    cgroups: Box<dyn HostCgroups>,
 }
 
 impl HostPodLauncher {
-    /// A launcher booting VMs with `vmm` as `config` says.
+    /// A launcher booting VMs with `vmm` as `config` says, their host side in cgroups as
+    /// `config.host_cgroup` says.
     pub fn new(config: Config, vmm: Box<dyn VmLauncher>) -> Self {
+        let cgroups = crate::host_cgroup::from_config(&config);
         HostPodLauncher {
             config,
             vmm,
             volumes: std::sync::Mutex::new(()),
+            cgroups,
         }
     }
 }
@@ -80,12 +91,24 @@ impl PodLauncher for HostPodLauncher {
     fn share_container(&self, dir: &Path, files: ContainerFiles<'_>) -> Result<(), MountError> {
         // `dir` is `<pod>/shared/<id>`: the pod directory is made private before anything
         // is mounted below it (the sandbox container's share comes before the VM).
-        if let Some(pod_dir) = dir.parent().and_then(Path::parent) {
-            crate::private::create_dir(&self.config.state_dir, pod_dir).map_err(|source| {
-                MountError::Io {
-                    path: pod_dir.to_path_buf(),
-                    source,
-                }
+        if let Some(shared) = dir.parent() {
+            if let Some(pod_dir) = shared.parent() {
+                crate::private::create_dir(&self.config.state_dir, pod_dir).map_err(|source| {
+                    MountError::Io {
+                        path: pod_dir.to_path_buf(),
+                        source,
+                    }
+                })?;
+            }
+            // Before anything is mounted below it: virtiofsd's namespace sees later mounts
+            // only through a shared mount ([`crate::share`]).
+            std::fs::create_dir_all(shared).map_err(|source| MountError::Io {
+                path: shared.to_path_buf(),
+                source,
+            })?;
+            crate::share::make_shared(shared).map_err(|e| MountError::Io {
+                path: shared.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
             })?;
         }
         mounts::mount_rootfs(files.rootfs, files.root, &dir.join("rootfs"))?;
@@ -103,8 +126,20 @@ impl PodLauncher for HostPodLauncher {
         Ok(())
     }
 
-    fn start(&self, paths: SandboxPaths, size: VmSize) -> Result<Arc<dyn PodVm>, SandboxError> {
-        let sb = Sandbox::start(&self.config, self.vmm.as_ref(), paths, size)?;
+    fn start(
+        &self,
+        paths: SandboxPaths,
+        size: VmSize,
+        cgroup: &CgroupTarget,
+    ) -> Result<Arc<dyn PodVm>, SandboxError> {
+        let sb = Sandbox::start(
+            &self.config,
+            self.vmm.as_ref(),
+            self.cgroups.as_ref(),
+            paths,
+            size,
+            cgroup,
+        )?;
         Ok(Arc::new(sb))
     }
 }

@@ -12,6 +12,7 @@
 //! vmm.json                husk-vmm's configuration
 //! console.log vmm.log virtiofsd.log
 //! vmm.pid virtiofsd.pid   for `shim delete` after a crash
+//! cgroup                  the pod's host cgroup (and parents made for it), for the same
 //! ```
 //!
 //! The directory is 0700 and every file in it 0600 ([`crate::private`]).
@@ -29,6 +30,7 @@ use husk_vmm_api::GuestCmdline;
 use crate::annotations::VmSize;
 use crate::child;
 use crate::config::Config;
+use crate::host_cgroup::{self, CgroupError, CgroupTarget, HostCgroups, Limits, PodCgroup};
 use crate::mounts;
 use crate::virtiofsd::{self, VirtiofsdError};
 use crate::vmm::{Vm, VmLauncher, VmSpec, VmmError};
@@ -107,6 +109,9 @@ pub enum SandboxError {
     /// An agent call failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The pod's host cgroup could not be made.
+    #[error("host cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
 }
 
 /// The files of one pod.
@@ -179,6 +184,7 @@ pub struct Sandbox {
     vm: Box<dyn Vm>,
     virtiofsd: Mutex<Child>,
     agent: Arc<dyn AgentApi>,
+    cgroup: Box<dyn PodCgroup>,
 }
 
 /// Undoes a half-made sandbox unless disarmed.
@@ -186,6 +192,7 @@ struct Partial<'a> {
     paths: &'a SandboxPaths,
     virtiofsd: Option<Child>,
     vm: Option<Box<dyn Vm>>,
+    cgroup: Option<Box<dyn PodCgroup>>,
     armed: bool,
 }
 
@@ -199,6 +206,9 @@ impl Drop for Partial<'_> {
         }
         if let Some(mut v) = self.virtiofsd.take() {
             child::stop(&mut v, Duration::from_millis(200));
+        }
+        if let Some(cg) = self.cgroup.take() {
+            remove_cgroup_or_warn(cg.as_ref());
         }
         mounts::remove_tree_or_warn(&self.paths.dir);
     }
@@ -218,19 +228,31 @@ fn must_exist(path: &Path, what: &'static str, key: &'static str) -> Result<(), 
 }
 
 impl Sandbox {
-    /// Starts virtiofsd and the VM, waits for the agent and creates the sandbox in the
-    /// guest. On error everything started is stopped and the directory removed.
+    /// Makes the pod's host cgroup, starts virtiofsd and the VM in it, waits for the agent
+    /// and creates the sandbox in the guest. On error everything started is stopped, the
+    /// cgroup and the directory removed.
     pub fn start(
         config: &Config,
         launcher: &dyn VmLauncher,
+        cgroups: &dyn HostCgroups,
         paths: SandboxPaths,
         size: VmSize,
+        target: &CgroupTarget,
     ) -> Result<Sandbox, SandboxError> {
         paths.check()?;
         must_exist(&config.kernel, "guest kernel", "kernel")?;
         must_exist(&config.initrd, "guest initrd", "initrd")?;
         let virtiofsd_bin = child::find_helper(&config.virtiofsd, "virtiofsd")
             .ok_or(SandboxError::HelperMissing("virtiofsd"))?;
+        let cgroup = cgroups.create(&target.request(Limits::for_vm(size, config)))?;
+        let mut partial = Partial {
+            paths: &paths,
+            virtiofsd: None,
+            vm: None,
+            cgroup: Some(cgroup),
+            armed: true,
+        };
+        let procs = partial.cgroup.as_ref().and_then(|c| c.procs().cloned());
         crate::private::create_dir(&config.state_dir, &paths.dir).map_err(|source| {
             SandboxError::Io {
                 what: "create",
@@ -249,16 +271,24 @@ impl Sandbox {
             path: paths.console.clone(),
             source,
         })?;
-        let mut partial = Partial {
-            paths: &paths,
-            virtiofsd: None,
-            vm: None,
-            armed: true,
-        };
+        let record = partial
+            .cgroup
+            .as_ref()
+            .map(|c| c.record())
+            .unwrap_or_default();
+        if !record.is_empty() {
+            let _ = crate::private::write_file(&paths.file("cgroup"), record.as_bytes());
+        }
         // virtiofsd and the VMM start side by side: husk-vmm retries connecting to the
         // vhost-user socket, so the VMM's own start overlaps virtiofsd's.
         let fs_log = paths.file("virtiofsd.log");
-        let v = virtiofsd::spawn(&virtiofsd_bin, &paths.fs_socket, &paths.shared, &fs_log)?;
+        let v = virtiofsd::spawn(
+            &virtiofsd_bin,
+            &paths.fs_socket,
+            &paths.shared,
+            &fs_log,
+            procs.as_ref(),
+        )?;
         let _ =
             crate::private::write_file(&paths.file("virtiofsd.pid"), v.id().to_string().as_bytes());
         let v = partial.virtiofsd.insert(v);
@@ -278,6 +308,7 @@ impl Sandbox {
             console_max_bytes: config.console_log_max_kib.saturating_mul(1024),
             log: paths.file("vmm.log"),
             config: paths.file("vmm.json"),
+            cgroup: procs,
         };
         let vm = launcher.launch(&spec)?;
         let _ = crate::private::write_file(&paths.file("vmm.pid"), vm.pid().to_string().as_bytes());
@@ -304,6 +335,10 @@ impl Sandbox {
             console: String::new(),
             vmm_log: String::new(),
         })?;
+        let cgroup = partial
+            .cgroup
+            .take()
+            .unwrap_or_else(|| Box::new(host_cgroup::NoHostCgroup));
         partial.armed = false;
         drop(partial);
         Ok(Sandbox {
@@ -311,6 +346,7 @@ impl Sandbox {
             vm,
             virtiofsd: Mutex::new(virtiofsd),
             agent: Arc::new(agent),
+            cgroup,
         })
     }
 
@@ -354,6 +390,7 @@ impl Sandbox {
                 child::stop(&mut v, Duration::from_secs(1));
             }
         }
+        remove_cgroup_or_warn(self.cgroup.as_ref());
         mounts::remove_tree_or_warn(&self.paths.dir);
     }
 }
@@ -406,12 +443,27 @@ fn restrict_sockets(paths: &SandboxPaths) {
     }
 }
 
+/// Removes the pod's host cgroup once its processes are stopped; a failure is logged (the
+/// cgroup is left, holding nothing or the processes that would not die).
+fn remove_cgroup_or_warn(cgroup: &dyn PodCgroup) {
+    if let Err(e) = cgroup.remove() {
+        tracing::warn!("host cgroup: {e}");
+    }
+}
+
 /// Cleanup for `shim delete` after a crash: kills the pod's recorded helpers (if they still
-/// run) and removes its mounts and directory.
+/// run), then whatever is left in its host cgroup, removes the cgroup, its mounts and its
+/// directory.
 pub fn remove_leftovers(paths: &SandboxPaths) {
     let marker = paths.dir.display().to_string();
     child::kill_recorded(&paths.file("vmm.pid"), &marker);
     child::kill_recorded(&paths.file("virtiofsd.pid"), &marker);
+    if let Ok(record) = std::fs::read_to_string(paths.file("cgroup")) {
+        let root = Path::new(host_cgroup::CGROUP_ROOT);
+        if let Err(e) = host_cgroup::remove_recorded(&record, root) {
+            tracing::warn!("host cgroup of {}: {e}", paths.dir.display());
+        }
+    }
     mounts::remove_tree_or_warn(&paths.dir);
 }
 
@@ -466,14 +518,21 @@ mod tests {
             ..Config::default()
         };
         let paths = SandboxPaths::new(dir.path(), "default", "p1");
+        let target = CgroupTarget {
+            path: None,
+            namespace: "default".into(),
+            pod_id: "p1".into(),
+        };
         let err = Sandbox::start(
             &config,
             &NoVm,
+            &host_cgroup::NoHostCgroup,
             paths.clone(),
             VmSize {
                 vcpus: 1,
                 memory_mib: 128,
             },
+            &target,
         )
         .err()
         .expect("missing kernel");

@@ -18,6 +18,7 @@ use husk_protocol::agent::PodNamespaces;
 use oci_spec::runtime::{Mount, Spec};
 
 use crate::annotations::PodRole;
+use crate::host_cgroup::{self, CgroupError, CgroupsPath};
 use crate::namespaces::{self, HostNamespaces};
 
 /// Where the agent mounts the pod share in the guest.
@@ -51,6 +52,9 @@ pub enum SpecError {
     /// The spec lacks something the shim needs.
     #[error("spec: {0}")]
     Invalid(String),
+    /// `linux.cgroupsPath` is not acceptable.
+    #[error(transparent)]
+    CgroupsPath(#[from] CgroupError),
     /// A bind mount names a relative host path: relative to what is not defined for a
     /// bind (runc resolves it against its own working directory), so it is refused.
     #[error("bind mount on {destination}: source {given:?} is not an absolute path")]
@@ -73,6 +77,22 @@ pub fn read_bundle_spec(bundle: &Path) -> Result<Spec, SpecError> {
         source,
     })?;
     serde_json::from_slice(&bytes).map_err(|source| SpecError::Parse { path, source })
+}
+
+/// The spec's `linux.cgroupsPath`, parsed: where the pod's host cgroup goes.
+pub fn cgroups_path(spec: &Spec) -> Result<Option<CgroupsPath>, SpecError> {
+    let Some(path) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+    else {
+        return Ok(None);
+    };
+    let text = path.to_str().ok_or_else(|| CgroupError::InvalidPath {
+        path: path.display().to_string(),
+        why: "not UTF-8".into(),
+    })?;
+    Ok(host_cgroup::parse(text)?)
 }
 
 /// The container's root directory on the host: `root.path`, relative to the bundle.

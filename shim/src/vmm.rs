@@ -13,6 +13,7 @@ use husk_vmm_api::{
 };
 
 use crate::child;
+use crate::host_cgroup::CgroupProcs;
 
 /// How long one control API call may take.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +76,8 @@ pub struct VmSpec {
     pub log: PathBuf,
     /// Where husk-vmm's configuration file is written.
     pub config: PathBuf,
+    /// The pod's host cgroup, which husk-vmm is started in.
+    pub cgroup: Option<CgroupProcs>,
 }
 
 impl VmSpec {
@@ -156,7 +159,7 @@ impl VmLauncher for HuskVmmLauncher {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        let child = child::spawn_tied(cmd).map_err(spawn_err)?;
+        let child = child::spawn_tied_in(cmd, spec.cgroup.as_ref()).map_err(spawn_err)?;
         Ok(Box::new(HuskVmm {
             child: Mutex::new(child),
             api_socket: spec.api_socket.clone(),
@@ -251,6 +254,7 @@ mod tests {
             console_max_bytes: 4096,
             log: dir.join("vmm.log"),
             config: dir.join("vmm.json"),
+            cgroup: None,
         }
     }
 

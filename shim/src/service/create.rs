@@ -16,6 +16,7 @@ use crate::annotations::{PodRole, VmSize};
 use crate::convert::CreateTask;
 use crate::error::ShimError;
 use crate::events::TaskEvent;
+use crate::host_cgroup::CgroupTarget;
 use crate::mounts;
 use crate::pod::ContainerFiles;
 use crate::process::Process;
@@ -32,6 +33,13 @@ impl TaskService {
         let annotations = oci.annotations().clone().unwrap_or_default();
         let role = PodRole::from_annotations(&annotations)?;
         let size = VmSize::from_annotations(&self.config, &annotations)?;
+        // Parsed (and so checked) before anything is made; used when this container's pod
+        // VM starts here.
+        let cgroup = CgroupTarget {
+            path: spec::cgroups_path(&oci)?,
+            namespace: self.namespace.clone(),
+            pod_id: role.pod_id(&task.id).to_string(),
+        };
         if self.containers().contains_key(&task.id) {
             return Err(ShimError::AlreadyExists(format!(
                 "container {} already exists",
@@ -71,7 +79,7 @@ impl TaskService {
         };
         let prepare_share = || -> Result<()> { Ok(self.launcher.share_container(&cdir, files)?) };
         let (vm, started_here) = self
-            .sandbox_for(&role, &task.id, size, &prepare_share)
+            .sandbox_for(&role, &task.id, size, &cgroup, &prepare_share)
             .map_err(discard)?;
         let agent = vm.agent();
         let pid = agent

@@ -56,7 +56,8 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
     pod: Mutex<Option<Arc<dyn PodVm>>>,
     oom: Mutex<Option<OomMonitor>>,
-    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Shared with the OOM monitor, which publishes only for these containers.
+    containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
 }
 
 type Result<T> = std::result::Result<T, ShimError>;
@@ -86,7 +87,7 @@ impl TaskService {
             exit,
             pod: Mutex::new(None),
             oom: Mutex::new(None),
-            containers: Mutex::new(HashMap::new()),
+            containers: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use crate::annotations::{PodRole, VmSize};
 use crate::error::ShimError;
-use crate::oom::{self, OomMonitor};
+use crate::host_cgroup::CgroupTarget;
+use crate::oom::{self, OomLimits, OomMonitor};
 use crate::pod::PodVm;
 use crate::sandbox::SandboxPaths;
 
@@ -28,6 +29,7 @@ impl TaskService {
         role: &PodRole,
         id: &str,
         size: VmSize,
+        cgroup: &CgroupTarget,
         prepare_share: &dyn Fn() -> Result<()>,
     ) -> Result<(Arc<dyn PodVm>, bool)> {
         let mut pod = self.pod.locked();
@@ -43,7 +45,7 @@ impl TaskService {
         let paths = SandboxPaths::new(&self.config.state_dir, &self.namespace, role.pod_id(id));
         prepare_share()?;
         let started = Instant::now();
-        let vm = self.launcher.start(paths, size)?;
+        let vm = self.launcher.start(paths, size, cgroup)?;
         tracing::info!("pod VM for {id} up in {:?}", started.elapsed());
         self.watch_oom(vm.as_ref(), id);
         *pod = Some(Arc::clone(&vm));
@@ -53,7 +55,11 @@ impl TaskService {
     /// Starts publishing the guest's OOM kills; a pod without them still runs.
     fn watch_oom(&self, vm: &dyn PodVm, id: &str) {
         let source = Arc::new(oom::AgentOom(vm.agent()));
-        match OomMonitor::start(source, Arc::clone(&self.events), oom::POLL_WAIT) {
+        let containers = Arc::clone(&self.containers);
+        let known: oom::KnownContainers =
+            Arc::new(move |id: &str| containers.locked().contains_key(id));
+        let events = Arc::clone(&self.events);
+        match OomMonitor::start(source, events, known, OomLimits::default(), oom::POLL_WAIT) {
             Ok(m) => *self.oom.locked() = Some(m),
             Err(e) => tracing::warn!("no OOM events for pod of {id}: {e}"),
         }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use husk_protocol::AgentApi;
 
 use crate::annotations::VmSize;
+use crate::host_cgroup::CgroupTarget;
 use crate::mounts::MountError;
 use crate::pod::{ContainerFiles, PodLauncher, PodVm};
 use crate::sandbox::{SandboxError, SandboxPaths};
@@ -56,6 +57,7 @@ struct LauncherState {
     fail_boot: bool,
     vms: Vec<Arc<FakePodVm>>,
     shared: Vec<PathBuf>,
+    cgroups: Vec<CgroupTarget>,
 }
 
 /// Boots [`FakePodVm`]s sharing one [`FakeAgent`]; can fail the boot as a guest that died
@@ -89,6 +91,11 @@ impl FakePodLauncher {
         self.state.locked().vms.clone()
     }
 
+    /// The host cgroups asked for by the boots, oldest first.
+    pub fn cgroups(&self) -> Vec<CgroupTarget> {
+        self.state.locked().cgroups.clone()
+    }
+
     /// The container directories shared so far.
     pub fn shared(&self) -> Vec<PathBuf> {
         self.state.locked().shared.clone()
@@ -113,9 +120,15 @@ impl PodLauncher for Arc<FakePodLauncher> {
         Ok(())
     }
 
-    fn start(&self, paths: SandboxPaths, _: VmSize) -> Result<Arc<dyn PodVm>, SandboxError> {
+    fn start(
+        &self,
+        paths: SandboxPaths,
+        _: VmSize,
+        cgroup: &CgroupTarget,
+    ) -> Result<Arc<dyn PodVm>, SandboxError> {
         let mut s = self.state.locked();
         s.starts += 1;
+        s.cgroups.push(cgroup.clone());
         if s.fail_boot {
             // A failed start removes what it made, the pod directory included.
             let _ = std::fs::remove_dir_all(&paths.dir);

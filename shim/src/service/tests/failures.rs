@@ -197,3 +197,65 @@ fn calls_for_unknown_ids_are_not_found() {
         "unknown ids never reach the agent: {asked:?}"
     );
 }
+
+#[test]
+fn annotations_above_the_caps_or_not_allowed_are_refused_before_anything_is_made() {
+    let h = Harness::new();
+    for (key, value, says) in [
+        ("io.husk.memory_mib", "999999", "above the cap of 16384"),
+        ("io.husk.kernel", "/tmp/evil", "not allowed"),
+    ] {
+        let err = h
+            .create_with("c1", json!({ key: value }))
+            .expect_err("refused");
+        assert!(matches!(err, ShimError::InvalidArgument(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(key) && msg.contains(value) && msg.contains(says),
+            "{msg}"
+        );
+        assert_eq!(h.pods.starts(), 0, "no boot");
+        assert!(h.pods.shared().is_empty(), "nothing shared");
+        assert!(!h.pod_paths("c1").dir.exists(), "no state dir");
+        assert!(h.events.events().is_empty(), "no event");
+    }
+}
+
+/// A bundle for `id` whose spec has `linux.cgroupsPath = path`.
+fn bundle_in_cgroup(h: &Harness, id: &str, path: &str) -> std::path::PathBuf {
+    let bundle = h.bundle(id, json!({}));
+    let file = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+    spec["linux"]["cgroupsPath"] = json!(path);
+    std::fs::write(&file, spec.to_string()).expect("write");
+    bundle
+}
+
+#[test]
+fn the_cgroups_path_reaches_the_launcher_and_a_bad_one_is_refused_first() {
+    let h = Harness::new();
+    for bad in ["/kubepods/../../etc", "x.slice:cri:../y"] {
+        let err = h
+            .create_bundle("c1", &bundle_in_cgroup(&h, "c1", bad))
+            .expect_err("bad path");
+        assert!(matches!(err, ShimError::InvalidArgument(_)), "{err:?}");
+        assert!(err.to_string().contains(bad), "{err}");
+        assert_eq!(h.pods.starts(), 0, "no boot");
+        assert!(h.pods.shared().is_empty(), "nothing shared");
+        assert!(!h.pod_paths("c1").dir.exists(), "no state dir");
+    }
+    let path = "kubepods-besteffort-pod1.slice:cri-containerd:c1";
+    h.create_bundle("c1", &bundle_in_cgroup(&h, "c1", path))
+        .expect("create");
+    let asked = h.pods.cgroups();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0].path,
+        crate::host_cgroup::parse(path).expect("parse")
+    );
+    assert_eq!(
+        (asked[0].namespace.as_str(), asked[0].pod_id.as_str()),
+        (NS, "c1")
+    );
+}

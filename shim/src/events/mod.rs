@@ -1,18 +1,16 @@
 //! Task events published to containerd, in order, from one publisher thread so that Task
-//! calls never wait on containerd.
+//! calls never wait on containerd ([`RemoteEvents`]).
 
-use husk_lock::MutexExt;
-use std::sync::mpsc::{channel, Sender};
-use std::sync::Mutex;
+mod remote;
 
-use containerd_shim::publisher::RemotePublisher;
+pub use remote::{EventTransport, RemoteEvents, DROPPABLE_CAPACITY};
+
 use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::topics;
-use containerd_shim_protos::ttrpc::context::Context;
 
 /// One task event.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +51,13 @@ impl TaskEvent {
         }
     }
 
+    /// Whether the event may be dropped when the queue to containerd is full. Only events a
+    /// guest can cause at will (OOM reports) are: the others follow containerd's own calls
+    /// or the exits of processes it started, and containerd relies on each of them.
+    pub fn droppable(&self) -> bool {
+        matches!(self, TaskEvent::Oom(_))
+    }
+
     fn into_message(self) -> Box<dyn MessageDyn> {
         match self {
             TaskEvent::Create(e) => Box::new(e),
@@ -74,58 +79,6 @@ pub trait EventSink: Send + Sync {
     fn publish(&self, event: TaskEvent);
     /// Waits until every queued event was sent (before the shim exits).
     fn flush(&self) {}
-}
-
-enum Msg {
-    Event(TaskEvent),
-    Flush(Sender<()>),
-}
-
-/// Publishes to containerd over its TTRPC events service.
-pub struct RemoteEvents {
-    tx: Mutex<Sender<Msg>>,
-}
-
-impl RemoteEvents {
-    /// Starts the publisher thread for `namespace`.
-    pub fn start(publisher: RemotePublisher, namespace: String) -> std::io::Result<Self> {
-        let (tx, rx) = channel::<Msg>();
-        std::thread::Builder::new()
-            .name("husk-events".into())
-            .spawn(move || {
-                for msg in rx {
-                    let ev = match msg {
-                        Msg::Event(ev) => ev,
-                        Msg::Flush(done) => {
-                            let _ = done.send(());
-                            continue;
-                        }
-                    };
-                    let topic = ev.topic();
-                    if let Err(e) =
-                        publisher.publish(Context::default(), topic, &namespace, ev.into_message())
-                    {
-                        tracing::warn!("publish {topic}: {e}");
-                    }
-                }
-            })?;
-        Ok(RemoteEvents { tx: Mutex::new(tx) })
-    }
-}
-
-impl EventSink for RemoteEvents {
-    fn publish(&self, event: TaskEvent) {
-        tracing::debug!("event {}", event.topic());
-        let _ = self.tx.locked().send(Msg::Event(event));
-    }
-
-    fn flush(&self) {
-        let (done, wait) = channel();
-        let sent = self.tx.locked().send(Msg::Flush(done));
-        if sent.is_ok() {
-            let _ = wait.recv_timeout(std::time::Duration::from_secs(5));
-        }
-    }
 }
 
 #[cfg(test)]
