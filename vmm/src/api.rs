@@ -13,6 +13,7 @@ use husk_vmm_api::protocol::{self, Pong, Request, Response, VmState};
 
 use crate::exit::{ExitReason, ExitSignal};
 use crate::metrics::Metrics;
+use crate::seccomp::{self, SeccompError, ThreadFilters, ThreadKind};
 use crate::vstate::control::{RunState, VcpuControl};
 
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,28 +111,53 @@ impl ApiHandler {
 }
 
 /// The listening control socket; removes its file when dropped.
+///
+/// Binding ([`ApiServer::bind`]) is part of building the VM and happens before the jail;
+/// serving ([`ApiServer::serve`]) starts the listener thread after it, since a process
+/// cannot enter a new mount namespace once it has more than one thread.
 pub struct ApiServer {
     path: PathBuf,
+    pending: Option<(UnixListener, ApiHandler)>,
 }
 
 impl ApiServer {
-    /// Binds `path` and serves it on a background thread.
-    pub fn start(path: &Path, handler: ApiHandler) -> std::io::Result<Self> {
+    /// Binds `path` (replacing a stale socket file); serves nothing yet.
+    pub fn bind(path: &Path, handler: ApiHandler) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
-        std::thread::Builder::new()
-            .name("husk-api".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let h = handler.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("husk-api-conn".into())
-                        .spawn(move || h.serve_connection(stream));
-                }
-            })?;
         Ok(Self {
             path: path.to_owned(),
+            pending: Some((listener, handler)),
         })
+    }
+
+    /// Serves the socket on a listener thread that starts a thread per connection, each
+    /// confined by its seccomp filter from `filters`. Does nothing when called again.
+    pub fn serve(&mut self, filters: &ThreadFilters) -> Result<(), SeccompError> {
+        let Some((listener, handler)) = self.pending.take() else {
+            return Ok(());
+        };
+        let conn_filters = filters.clone();
+        seccomp::spawn(
+            "husk-api".into(),
+            ThreadKind::ApiListener,
+            filters,
+            move || {
+                for stream in listener.incoming().flatten() {
+                    let h = handler.clone();
+                    let served = seccomp::spawn(
+                        "husk-api-conn".into(),
+                        ThreadKind::ApiConnection,
+                        &conn_filters,
+                        move || h.serve_connection(stream),
+                    );
+                    if let Err(e) = served {
+                        tracing::warn!("control API: {e}");
+                    }
+                }
+            },
+        )?;
+        Ok(())
     }
 }
 
@@ -202,7 +228,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("api.sock");
         let h = handler();
-        let server = ApiServer::start(&p, h.clone()).unwrap();
+        let mut server = ApiServer::bind(&p, h.clone()).unwrap();
+        server.serve(&ThreadFilters::disabled()).unwrap();
         let mut c = ApiClient::connect(&p, Duration::from_secs(10)).unwrap();
         assert_eq!(c.ping().unwrap().state, VmState::Running);
         assert_eq!(c.metrics().unwrap().vcpu_exits.io, 0);
