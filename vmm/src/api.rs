@@ -223,6 +223,49 @@ mod tests {
         assert_eq!(h.exit.reason(), ExitReason::None);
     }
 
+    /// The listener and connection threads with their seccomp filters loaded serve every
+    /// request, over several connections (each a thread started by the filtered listener);
+    /// a call outside a filter would kill the child with SIGSYS.
+    #[test]
+    fn serves_under_its_seccomp_filters() {
+        use crate::test_util::{child_passes, in_child};
+        if !in_child() {
+            return child_passes(module_path!(), "serves_under_its_seccomp_filters", &[]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("api.sock");
+        let h = handler();
+        let filters = ThreadFilters::compile().unwrap();
+        // A stand-in vCPU (with the vCPU filter) that pausing kicks and parks.
+        crate::vstate::control::install_kick_handler().unwrap();
+        let control = h.control.clone();
+        seccomp::spawn("vcpu".into(), ThreadKind::Vcpu, &filters, move || {
+            control.register_current_thread();
+            while control.checkpoint() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            control.unregister_current_thread();
+        })
+        .unwrap();
+        while h.control.state() != RunState::Running {}
+        let mut server = ApiServer::bind(&p, h.clone()).unwrap();
+        server.serve(&filters).unwrap();
+        for _ in 0..3 {
+            let mut c = ApiClient::connect(&p, Duration::from_secs(10)).unwrap();
+            assert_eq!(c.ping().unwrap().state, VmState::Running);
+            assert_eq!(c.pause().unwrap(), VmState::Paused);
+            assert_eq!(c.resume().unwrap(), VmState::Running);
+            assert_eq!(c.metrics().unwrap().vcpu_exits.io, 0);
+            let long = "x".repeat(5000) + "\n";
+            assert!(c.call_line(&long).is_err());
+        }
+        let mut c = ApiClient::connect(&p, Duration::from_secs(10)).unwrap();
+        c.shutdown().unwrap();
+        assert_eq!(h.exit.reason(), ExitReason::Shutdown);
+        h.control.exit();
+        assert!(h.control.wait_threads_gone(Duration::from_secs(5)));
+    }
+
     #[test]
     fn socket_round_trip() {
         let dir = tempfile::tempdir().unwrap();

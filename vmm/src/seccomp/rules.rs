@@ -79,6 +79,8 @@ fn runtime(rules: &mut Rules) -> Result<(), SeccompError> {
             libc::SYS_madvise,
             libc::SYS_futex,
             libc::SYS_sched_yield,
+            // glibc sizes its malloc arenas by the CPUs a thread may run on.
+            libc::SYS_sched_getaffinity,
             libc::SYS_clock_gettime,
             libc::SYS_gettimeofday,
             libc::SYS_clock_nanosleep,
@@ -216,8 +218,14 @@ pub fn api_connection(kick_signal: i32) -> Result<Rules, SeccompError> {
             libc::SYS_shutdown,
         ],
     );
-    // `try_clone` of the stream.
-    allow_if_arg(&mut r, libc::SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u32])?;
+    // `try_clone` of the stream; F_GETFD: the standard library's check, in debug builds,
+    // that a descriptor it closes is open.
+    allow_if_arg(
+        &mut r,
+        libc::SYS_fcntl,
+        1,
+        &[libc::F_DUPFD_CLOEXEC as u32, libc::F_GETFD as u32],
+    )?;
     Ok(r)
 }
 
