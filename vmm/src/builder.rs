@@ -359,3 +359,34 @@ pub fn run_vm(cfg: &VmConfig, confinement: Confinement) -> Result<ExitReason, Vm
     drop(mem);
     Ok(reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_vmm_api::{FsConfig, VsockConfig};
+
+    #[test]
+    fn jail_keeps_the_directories_used_after_setup_and_no_other() {
+        let mut cfg = VmConfig::new("/boot/vmlinux");
+        cfg.vsock = Some(VsockConfig {
+            socket: "/run/husk/pod/vsock.sock".into(),
+            guest_cid: 3,
+        });
+        cfg.api_socket = Some("/run/husk/api/vmm.sock".into());
+        cfg.fs = vec![FsConfig::new("/run/virtiofsd/fs.sock", "rootfs")];
+        cfg.serial = SerialOutput::File("/var/log/husk/console.log".into());
+        cfg.serial_max_bytes = Some(1 << 20);
+        let p = PathBuf::from;
+        assert_eq!(
+            jail_dirs(&cfg),
+            vec![p("/run/husk/pod"), p("/run/husk/api"), p("/var/log/husk")]
+        );
+        // A console file that never rotates is never reopened; virtiofsd's socket, the
+        // kernel's and initrd's directories are never needed.
+        cfg.serial_max_bytes = None;
+        assert_eq!(
+            jail_dirs(&cfg),
+            vec![p("/run/husk/pod"), p("/run/husk/api")]
+        );
+    }
+}
