@@ -3,9 +3,10 @@
 //! [`VmmArgs::to_args`]. Everything about the VM itself is in the JSON file named by
 //! `--config` ([`crate::VmConfig`]), so the list stays short and typed.
 //!
-//! Flags about how husk-vmm runs rather than what it runs belong here. The next one planned
-//! is `--no-seccomp` (a `bool` field; [`VmmArgs::to_args`] emits the flag only when set), for
-//! debugging a seccomp filter that kills husk-vmm; it is not implemented yet.
+//! Flags about how husk-vmm runs rather than what it runs belong here: `--no-seccomp` and
+//! `--no-jail` switch off parts of husk-vmm's confinement, for debugging only (a filter that
+//! kills husk-vmm, a host where the jail cannot be built). Nobody passes them in production;
+//! [`VmmArgs::to_args`] emits each only when set.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -21,6 +22,14 @@ pub struct VmmArgs {
     /// JSON file holding the VM configuration (a `VmConfig`).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// Debugging only: load no seccomp filter into husk-vmm's threads (the jail and the
+    /// capability drop stay).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Debugging only: stay in the host's mount namespace instead of the jail (capabilities
+    /// are still dropped, seccomp filters still loaded).
+    #[arg(long)]
+    pub no_jail: bool,
 }
 
 impl VmmArgs {
@@ -28,13 +37,22 @@ impl VmmArgs {
     pub fn new(config: impl Into<PathBuf>) -> Self {
         Self {
             config: config.into(),
+            no_seccomp: false,
+            no_jail: false,
         }
     }
 
     /// The argument list (without the program name) that [`clap::Parser::parse`] turns
     /// back into `self`.
     pub fn to_args(&self) -> Vec<OsString> {
-        vec!["--config".into(), self.config.clone().into_os_string()]
+        let mut args = vec!["--config".into(), self.config.clone().into_os_string()];
+        if self.no_seccomp {
+            args.push("--no-seccomp".into());
+        }
+        if self.no_jail {
+            args.push("--no-jail".into());
+        }
+        args
     }
 }
 
@@ -49,8 +67,16 @@ mod tests {
 
     #[test]
     fn to_args_parses_back() {
-        let a = VmmArgs::new("/run/husk/default/pod 1/vmm.json");
+        let mut a = VmmArgs::new("/run/husk/default/pod 1/vmm.json");
         assert_eq!(parse(a.to_args()).unwrap(), a);
+        assert_eq!(a.to_args().len(), 2, "no debugging flag unless set");
+        a.no_seccomp = true;
+        assert_eq!(parse(a.to_args()).unwrap(), a);
+        a.no_jail = true;
+        assert_eq!(parse(a.to_args()).unwrap(), a);
+        a.no_seccomp = false;
+        let parsed = parse(a.to_args()).unwrap();
+        assert!(parsed.no_jail && !parsed.no_seccomp, "{parsed:?}");
     }
 
     #[test]

@@ -6,6 +6,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
 /// husk-vmm's exit statuses.
+///
+/// husk-vmm can also end by a signal: a system call outside the seccomp filter of the
+/// thread that made it kills the whole process with `SIGSYS`, which [`VmmExit::describe`]
+/// reports as "husk-vmm was killed by signal 31".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(i32)]
 pub enum VmmExit {

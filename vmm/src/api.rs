@@ -13,6 +13,7 @@ use husk_vmm_api::protocol::{self, Pong, Request, Response, VmState};
 
 use crate::exit::{ExitReason, ExitSignal};
 use crate::metrics::Metrics;
+use crate::seccomp::{self, SeccompError, ThreadFilters, ThreadKind};
 use crate::vstate::control::{RunState, VcpuControl};
 
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,28 +111,53 @@ impl ApiHandler {
 }
 
 /// The listening control socket; removes its file when dropped.
+///
+/// Binding ([`ApiServer::bind`]) is part of building the VM and happens before the jail;
+/// serving ([`ApiServer::serve`]) starts the listener thread after it, since a process
+/// cannot enter a new mount namespace once it has more than one thread.
 pub struct ApiServer {
     path: PathBuf,
+    pending: Option<(UnixListener, ApiHandler)>,
 }
 
 impl ApiServer {
-    /// Binds `path` and serves it on a background thread.
-    pub fn start(path: &Path, handler: ApiHandler) -> std::io::Result<Self> {
+    /// Binds `path` (replacing a stale socket file); serves nothing yet.
+    pub fn bind(path: &Path, handler: ApiHandler) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
-        std::thread::Builder::new()
-            .name("husk-api".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let h = handler.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("husk-api-conn".into())
-                        .spawn(move || h.serve_connection(stream));
-                }
-            })?;
         Ok(Self {
             path: path.to_owned(),
+            pending: Some((listener, handler)),
         })
+    }
+
+    /// Serves the socket on a listener thread that starts a thread per connection, each
+    /// confined by its seccomp filter from `filters`. Does nothing when called again.
+    pub fn serve(&mut self, filters: &ThreadFilters) -> Result<(), SeccompError> {
+        let Some((listener, handler)) = self.pending.take() else {
+            return Ok(());
+        };
+        let conn_filters = filters.clone();
+        seccomp::spawn(
+            "husk-api".into(),
+            ThreadKind::ApiListener,
+            filters,
+            move || {
+                for stream in listener.incoming().flatten() {
+                    let h = handler.clone();
+                    let served = seccomp::spawn(
+                        "husk-api-conn".into(),
+                        ThreadKind::ApiConnection,
+                        &conn_filters,
+                        move || h.serve_connection(stream),
+                    );
+                    if let Err(e) = served {
+                        tracing::warn!("control API: {e}");
+                    }
+                }
+            },
+        )?;
+        Ok(())
     }
 }
 
@@ -197,12 +223,56 @@ mod tests {
         assert_eq!(h.exit.reason(), ExitReason::None);
     }
 
+    /// The listener and connection threads with their seccomp filters loaded serve every
+    /// request, over several connections (each a thread started by the filtered listener);
+    /// a call outside a filter would kill the child with SIGSYS.
+    #[test]
+    fn serves_under_its_seccomp_filters() {
+        use crate::test_util::{child_passes, in_child};
+        if !in_child() {
+            return child_passes(module_path!(), "serves_under_its_seccomp_filters", &[]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("api.sock");
+        let h = handler();
+        let filters = ThreadFilters::compile().unwrap();
+        // A stand-in vCPU (with the vCPU filter) that pausing kicks and parks.
+        crate::vstate::control::install_kick_handler().unwrap();
+        let control = h.control.clone();
+        seccomp::spawn("vcpu".into(), ThreadKind::Vcpu, &filters, move || {
+            control.register_current_thread();
+            while control.checkpoint() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            control.unregister_current_thread();
+        })
+        .unwrap();
+        while h.control.state() != RunState::Running {}
+        let mut server = ApiServer::bind(&p, h.clone()).unwrap();
+        server.serve(&filters).unwrap();
+        for _ in 0..3 {
+            let mut c = ApiClient::connect(&p, Duration::from_secs(10)).unwrap();
+            assert_eq!(c.ping().unwrap().state, VmState::Running);
+            assert_eq!(c.pause().unwrap(), VmState::Paused);
+            assert_eq!(c.resume().unwrap(), VmState::Running);
+            assert_eq!(c.metrics().unwrap().vcpu_exits.io, 0);
+            let long = "x".repeat(5000) + "\n";
+            assert!(c.call_line(&long).is_err());
+        }
+        let mut c = ApiClient::connect(&p, Duration::from_secs(10)).unwrap();
+        c.shutdown().unwrap();
+        assert_eq!(h.exit.reason(), ExitReason::Shutdown);
+        h.control.exit();
+        assert!(h.control.wait_threads_gone(Duration::from_secs(5)));
+    }
+
     #[test]
     fn socket_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("api.sock");
         let h = handler();
-        let server = ApiServer::start(&p, h.clone()).unwrap();
+        let mut server = ApiServer::bind(&p, h.clone()).unwrap();
+        server.serve(&ThreadFilters::disabled()).unwrap();
         let mut c = ApiClient::connect(&p, Duration::from_secs(10)).unwrap();
         assert_eq!(c.ping().unwrap().state, VmState::Running);
         assert_eq!(c.metrics().unwrap().vcpu_exits.io, 0);

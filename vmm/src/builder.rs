@@ -4,6 +4,7 @@ use husk_lock::MutexExt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{ApiHandler, ApiServer};
 use crate::arch::{boot, layout, mptable, regs};
+use crate::confine::{confine_process, ConfineError};
 use crate::console_file::CappedFile;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{SerialDevice, I8042};
@@ -26,6 +28,7 @@ use crate::event_loop::{EventLoop, Subscriber};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 use crate::metrics::Metrics;
+use crate::seccomp::{self, SeccompError, ThreadFilters, ThreadKind};
 use crate::vstate::control::{install_kick_handler, VcpuControl};
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::Vm;
@@ -67,6 +70,53 @@ pub enum VmmError {
     /// A KVM ioctl on the VM fd.
     #[error("{0}: {1}")]
     Kvm(&'static str, kvm_ioctls::Error),
+    /// The jail or the capability drop.
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
+    /// Building or loading a seccomp filter, or starting a confined thread.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+}
+
+/// How husk-vmm confines itself once the VM is built; both are on unless a debugging flag
+/// ([`husk_vmm_api::VmmArgs`]'s `--no-seccomp`, `--no-jail`) says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confinement {
+    /// Load a seccomp filter into every thread.
+    pub seccomp: bool,
+    /// Enter the jail (own mount namespace, minimal root).
+    pub jail: bool,
+}
+
+impl Default for Confinement {
+    fn default() -> Self {
+        Self {
+            seccomp: true,
+            jail: true,
+        }
+    }
+}
+
+/// The directories husk-vmm still uses once the VM runs, which the jail keeps: the vsock
+/// socket's (the muxer connects to `<socket>_<port>` there when the guest opens a
+/// connection, and the socket is removed at exit), the control socket's (removed at exit)
+/// and the console file's when it rotates (it is renamed and reopened). virtiofsd's socket
+/// is not among them: the vhost-user connection is made while building the VM.
+pub fn jail_dirs(cfg: &VmConfig) -> Vec<PathBuf> {
+    let mut files: Vec<&Path> = Vec::new();
+    if let Some(v) = &cfg.vsock {
+        files.push(&v.socket);
+    }
+    if let Some(api) = &cfg.api_socket {
+        files.push(api);
+    }
+    if let (SerialOutput::File(p), Some(_)) = (&cfg.serial, cfg.serial_max_bytes) {
+        files.push(p);
+    }
+    files
+        .into_iter()
+        .filter_map(|f| std::path::absolute(f).ok()?.parent().map(Path::to_path_buf))
+        .collect()
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -150,8 +200,19 @@ fn serial_output(
     })
 }
 
-/// Builds the VM described by `cfg`, runs it, and returns the exit reason.
-pub fn run_vm(cfg: &VmConfig) -> Result<ExitReason, VmmError> {
+/// Builds the VM described by `cfg`, confines husk-vmm (jail, capabilities, then a seccomp
+/// filter per thread, as `confinement` allows), runs the VM and returns the exit reason.
+///
+/// The order matters: everything that opens files or sockets happens while building; the
+/// jail and the capability drop come next, while the main thread is still the only one;
+/// then each thread starts and loads its own filter, the main thread last.
+pub fn run_vm(cfg: &VmConfig, confinement: Confinement) -> Result<ExitReason, VmmError> {
+    let filters = if confinement.seccomp {
+        ThreadFilters::compile()?
+    } else {
+        tracing::warn!("--no-seccomp: husk-vmm runs without seccomp filters (debugging only)");
+        ThreadFilters::disabled()
+    };
     let metrics = Arc::new(Metrics::default());
     let exit = ExitSignal::new().map_err(io("eventfd"))?;
     let control = Arc::new(VcpuControl::default());
@@ -247,9 +308,9 @@ pub fn run_vm(cfg: &VmConfig) -> Result<ExitReason, VmmError> {
         vcpus.push(Vcpu::new(&vm, id, cfg.vcpus, entry, &cpuid)?);
     }
 
-    let _api = match &cfg.api_socket {
+    let mut api = match &cfg.api_socket {
         Some(p) => Some(
-            ApiServer::start(
+            ApiServer::bind(
                 p,
                 ApiHandler::new(control.clone(), metrics.clone(), exit.clone()),
             )
@@ -257,6 +318,8 @@ pub fn run_vm(cfg: &VmConfig) -> Result<ExitReason, VmmError> {
         ),
         None => None,
     };
+
+    confine_process(&jail_dirs(cfg), confinement.jail)?;
 
     tracing::info!(
         "VM built in {:?} (kernel entry {entry:#x}, {} vCPUs, {} MiB)",
@@ -272,11 +335,17 @@ pub fn run_vm(cfg: &VmConfig) -> Result<ExitReason, VmmError> {
             exit.clone(),
             metrics.clone(),
         );
-        std::thread::Builder::new()
-            .name(format!("husk-vcpu{i}"))
-            .spawn(move || vcpu.run(pio, mmio, control, exit, metrics))
-            .map_err(io("spawning a vCPU thread"))?;
+        seccomp::spawn(
+            format!("husk-vcpu{i}"),
+            ThreadKind::Vcpu,
+            &filters,
+            move || vcpu.run(pio, mmio, control, exit, metrics),
+        )?;
     }
+    if let Some(api) = &mut api {
+        api.serve(&filters)?;
+    }
+    filters.load(ThreadKind::EventLoop)?;
 
     while exit.reason() == ExitReason::None {
         event_loop.run_once(-1).map_err(io("epoll_wait"))?;
@@ -289,4 +358,35 @@ pub fn run_vm(cfg: &VmConfig) -> Result<ExitReason, VmmError> {
     drop(vm);
     drop(mem);
     Ok(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_vmm_api::{FsConfig, VsockConfig};
+
+    #[test]
+    fn jail_keeps_the_directories_used_after_setup_and_no_other() {
+        let mut cfg = VmConfig::new("/boot/vmlinux");
+        cfg.vsock = Some(VsockConfig {
+            socket: "/run/husk/pod/vsock.sock".into(),
+            guest_cid: 3,
+        });
+        cfg.api_socket = Some("/run/husk/api/vmm.sock".into());
+        cfg.fs = vec![FsConfig::new("/run/virtiofsd/fs.sock", "rootfs")];
+        cfg.serial = SerialOutput::File("/var/log/husk/console.log".into());
+        cfg.serial_max_bytes = Some(1 << 20);
+        let p = PathBuf::from;
+        assert_eq!(
+            jail_dirs(&cfg),
+            vec![p("/run/husk/pod"), p("/run/husk/api"), p("/var/log/husk")]
+        );
+        // A console file that never rotates is never reopened; virtiofsd's socket, the
+        // kernel's and initrd's directories are never needed.
+        cfg.serial_max_bytes = None;
+        assert_eq!(
+            jail_dirs(&cfg),
+            vec![p("/run/husk/pod"), p("/run/husk/api")]
+        );
+    }
 }

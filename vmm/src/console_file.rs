@@ -97,6 +97,35 @@ mod tests {
         assert_eq!(mode, 0o600);
     }
 
+    /// The console is written on vCPU threads: rotating it (rename, reopen) must pass their
+    /// seccomp filter, or a chatty guest would kill husk-vmm.
+    #[test]
+    fn rotates_under_the_vcpu_filter() {
+        use crate::seccomp::{ThreadFilters, ThreadKind};
+        use crate::test_util::{child_passes, in_child};
+        const DIR_ENV: &str = "HUSK_CONSOLE_TEST_DIR";
+        if !in_child() {
+            let dir = tempfile::tempdir().unwrap();
+            let env = [(DIR_ENV, dir.path().as_os_str())];
+            child_passes(module_path!(), "rotates_under_the_vcpu_filter", &env);
+            let path = dir.path().join("console.log");
+            assert_eq!(std::fs::read(&path).unwrap(), b"34");
+            assert_eq!(
+                std::fs::read(CappedFile::rotated_path(&path)).unwrap(),
+                b"12"
+            );
+            return;
+        }
+        let dir = std::path::PathBuf::from(std::env::var_os(DIR_ENV).expect("set by the parent"));
+        let mut f = CappedFile::open(&dir.join("console.log"), 2).unwrap();
+        ThreadFilters::compile()
+            .unwrap()
+            .load(ThreadKind::Vcpu)
+            .unwrap();
+        f.write_all(b"1234").unwrap();
+        f.flush().unwrap();
+    }
+
     #[test]
     fn output_below_the_limit_is_appended_untouched() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 //! configuration, 3 when the guest triple-faults.
 
 use clap::Parser;
-use husk_vmm::builder::run_vm;
+use husk_vmm::builder::{run_vm, Confinement};
 use husk_vmm_api::{VmConfig, VmmArgs, VmmExit};
 
 fn main() {
@@ -30,7 +30,11 @@ fn main() {
             std::process::exit(VmmExit::BadConfig.code());
         }
     };
-    let result = run_vm(&cfg);
+    let confinement = Confinement {
+        seccomp: !args.no_seccomp,
+        jail: !args.no_jail,
+    };
+    let result = run_vm(&cfg, confinement);
     remove_own_sockets(&cfg);
     match result {
         Ok(reason) => {

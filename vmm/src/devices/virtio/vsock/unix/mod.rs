@@ -4,6 +4,7 @@
 //!   `OK <host_port>\n`; the stream is then connected to the guest's `port`.
 //! * Guest-initiated: a connection to host port `P` is forwarded to the unix socket `S_P`.
 
+mod connect;
 mod deadlines;
 mod handshake;
 mod muxer;

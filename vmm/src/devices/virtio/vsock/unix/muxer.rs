@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::connect::connect_nonblocking;
 use super::deadlines::{Deadlines, Opening};
 use super::handshake::{parse_connect, MAX_HANDSHAKE_LEN};
 use super::rxq::{ConnKey, RxItem, RxQueue};
@@ -423,8 +424,8 @@ impl VsockMuxer {
         let stream = if self.conns.len() >= MAX_CONNECTIONS {
             None
         } else {
-            UnixStream::connect(&path)
-                .and_then(|s| s.set_nonblocking(true).map(|_| s))
+            // Never waits on the event loop; a full backlog is a refusal (RST).
+            connect_nonblocking(Path::new(&path))
                 .map_err(|e| crate::guest_debug!("vsock: guest connect to {path}: {e}"))
                 .ok()
         };
@@ -769,6 +770,88 @@ mod tests {
         assert_eq!(m.recv_pkt(4096).unwrap().hdr.op, op::RST);
         m.send_pkt(guest(op::RST, 40002, 7000, b""));
         assert!(m.recv_pkt(4096).is_none());
+    }
+
+    #[test]
+    fn full_backlog_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(dir.path());
+        let path = dir.path().join("v.sock_5000");
+        let listener = UnixListener::bind(&path).unwrap();
+        // SAFETY: listen on our own socket; a backlog of 0 admits one pending connection.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let mut pending = Vec::new();
+        while let Ok(s) = connect_nonblocking(&path) {
+            pending.push(s);
+            assert!(pending.len() < 16, "the backlog never filled");
+        }
+        // Nobody accepts: the guest gets an RST instead of the event loop waiting.
+        m.send_pkt(guest(op::REQUEST, 40000, 5000, b""));
+        let rst = m.recv_pkt(4096).unwrap();
+        assert_eq!((rst.hdr.op, rst.hdr.dst_port), (op::RST, 40000));
+        assert_eq!(m.connection_count(), 0);
+    }
+
+    /// Host- and guest-initiated connections, data both ways, a refusal and an expired
+    /// open, all with the event loop's seccomp filter loaded: the filter allows every call
+    /// the muxer makes (a call outside it would kill the child with SIGSYS).
+    #[test]
+    fn runs_under_the_event_loop_filter() {
+        use crate::seccomp::{ThreadFilters, ThreadKind};
+        use crate::test_util::{child_passes, in_child};
+        // The directory comes from the parent, which removes it: removing it takes calls
+        // the filter does not allow.
+        const DIR_ENV: &str = "HUSK_MUXER_TEST_DIR";
+        if !in_child() {
+            let dir = tempfile::tempdir().unwrap();
+            let env = [(DIR_ENV, dir.path().as_os_str())];
+            return child_passes(module_path!(), "runs_under_the_event_loop_filter", &env);
+        }
+        let dir = PathBuf::from(std::env::var_os(DIR_ENV).expect("set by the parent"));
+        let (mut m, mut client) = muxer_with_short_open_timeout(&dir);
+        let mut late = UnixStream::connect(dir.join("v.sock")).unwrap();
+        let listener = UnixListener::bind(dir.join("v.sock_5000")).unwrap();
+        ThreadFilters::compile()
+            .unwrap()
+            .load(ThreadKind::EventLoop)
+            .unwrap();
+
+        client.write_all(b"CONNECT 1024\n").unwrap();
+        pump_until(&mut m, |m| m.has_pending_rx());
+        let host_port = m.recv_pkt(4096).unwrap().hdr.src_port;
+        m.send_pkt(guest(op::RESPONSE, 1024, host_port, b""));
+        let mut ok = vec![0u8; format!("OK {host_port}\n").len()];
+        client.read_exact(&mut ok).unwrap();
+        m.send_pkt(guest(op::RW, 1024, host_port, b"echo"));
+        let mut b = [0u8; 4];
+        client.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"echo");
+        client.write_all(b"back").unwrap();
+        pump_until(&mut m, |m| m.has_pending_rx());
+        assert_eq!(m.recv_pkt(4096).unwrap().data, b"back");
+
+        m.send_pkt(guest(op::REQUEST, 40000, 5000, b""));
+        assert_eq!(m.recv_pkt(4096).unwrap().hdr.op, op::RESPONSE);
+        let (mut s, _) = listener.accept().unwrap();
+        m.send_pkt(guest(op::RW, 40000, 5000, b"ping"));
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+        m.send_pkt(guest(op::REQUEST, 40001, 6000, b""));
+        pump_until(&mut m, |m| m.has_pending_rx());
+        let mut ops = Vec::new();
+        while let Some(p) = m.recv_pkt(4096) {
+            ops.push((p.hdr.op, p.hdr.dst_port));
+        }
+        assert!(ops.contains(&(op::RST, 40001)), "{ops:?}");
+
+        // An open the guest never answers expires through the timerfd.
+        late.write_all(b"CONNECT 1025\n").unwrap();
+        pump_until(&mut m, |m| m.has_pending_rx());
+        assert_eq!(m.recv_pkt(4096).unwrap().hdr.op, op::REQUEST);
+        pump_until(&mut m, |m| m.has_pending_rx());
+        assert_eq!(m.recv_pkt(4096).unwrap().hdr.op, op::RST);
+        m.send_pkt(guest(op::RST, 1024, host_port, b""));
+        drop(m);
     }
 
     #[test]
