@@ -134,27 +134,6 @@ pub fn find_helper(configured: &Path, name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Kills the process recorded in `pidfile` if its command line still mentions `marker`
-/// (so a recycled pid is left alone). Used by `shim delete` after a crash.
-pub fn kill_recorded(pidfile: &Path, marker: &str) {
-    let Ok(text) = std::fs::read_to_string(pidfile) else {
-        return;
-    };
-    let Ok(pid) = text.trim().parse::<i32>() else {
-        return;
-    };
-    if pid <= 1 {
-        return;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if String::from_utf8_lossy(&cmdline).contains(marker) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,17 +156,5 @@ mod tests {
         );
         assert!(find_helper(Path::new(""), "sh").is_some());
         assert!(find_helper(Path::new(""), "no-such-helper-binary-xyz").is_none());
-    }
-
-    #[test]
-    fn recorded_pid_with_other_cmdline_is_left_alone() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
-        let pidfile = dir.path().join("x.pid");
-        std::fs::write(&pidfile, child.id().to_string()).expect("pidfile");
-        kill_recorded(&pidfile, "definitely-not-in-cmdline");
-        assert!(wait_timeout(&mut child, Duration::from_millis(100)).is_none());
-        kill_recorded(&pidfile, "sleep");
-        assert!(wait_timeout(&mut child, Duration::from_secs(5)).is_some());
     }
 }

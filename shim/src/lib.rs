@@ -8,6 +8,7 @@
 //! - [`vmm`] (the VMM seam), [`virtiofsd`], [`child`], [`mounts`], [`volume`], [`cleanup`],
 //!   [`private`], [`console`], [`share`], [`sandbox`]: the pod VM;
 //! - [`host_cgroup`]: the cgroup of a pod's host-side processes;
+//! - [`pidfd`], [`identity`]: exact handles on helper processes (watching, crash cleanup);
 //! - [`pod`]: the seam between the Task service and the pod VM's host side;
 //! - [`stdio`], [`events`], [`oom`], [`ratelimit`], [`process`], [`service`]: the Task service;
 //! - [`bootstrap`]: the binary's `start`, `delete` and serve actions.
@@ -22,9 +23,11 @@ pub mod convert;
 pub mod error;
 pub mod events;
 pub mod host_cgroup;
+pub mod identity;
 pub mod mounts;
 pub mod namespaces;
 pub mod oom;
+pub mod pidfd;
 pub mod pod;
 pub mod private;
 pub mod process;

@@ -11,7 +11,8 @@
 //! api.sock                the VMM's control socket
 //! vmm.json                husk-vmm's configuration
 //! console.log vmm.log virtiofsd.log
-//! vmm.pid virtiofsd.pid   for `shim delete` after a crash
+//! vmm.pid virtiofsd.pid   each helper's pid, start time and argv, for `shim delete`
+//!                         after a crash ([`crate::identity`])
 //! cgroup                  the pod's host cgroup (and parents made for it), for the same
 //! ```
 //!
@@ -31,6 +32,7 @@ use crate::annotations::VmSize;
 use crate::child;
 use crate::config::Config;
 use crate::host_cgroup::{self, CgroupError, CgroupTarget, HostCgroups, Limits, PodCgroup};
+use crate::identity;
 use crate::mounts;
 use crate::virtiofsd::{self, VirtiofsdError};
 use crate::vmm::{Vm, VmLauncher, VmSpec, VmmError};
@@ -289,8 +291,7 @@ impl Sandbox {
             &fs_log,
             procs.as_ref(),
         )?;
-        let _ =
-            crate::private::write_file(&paths.file("virtiofsd.pid"), v.id().to_string().as_bytes());
+        identity::record_or_warn(v.id(), &paths.file("virtiofsd.pid"));
         let v = partial.virtiofsd.insert(v);
 
         let spec = VmSpec {
@@ -311,7 +312,7 @@ impl Sandbox {
             cgroup: procs,
         };
         let vm = launcher.launch(&spec)?;
-        let _ = crate::private::write_file(&paths.file("vmm.pid"), vm.pid().to_string().as_bytes());
+        identity::record_or_warn(vm.pid(), &paths.file("vmm.pid"));
         virtiofsd::wait_socket(v, &paths.fs_socket, &fs_log, VIRTIOFSD_TIMEOUT)?;
         let vm = partial.vm.insert(vm);
 
@@ -451,13 +452,12 @@ fn remove_cgroup_or_warn(cgroup: &dyn PodCgroup) {
     }
 }
 
-/// Cleanup for `shim delete` after a crash: kills the pod's recorded helpers (if they still
-/// run), then whatever is left in its host cgroup, removes the cgroup, its mounts and its
-/// directory.
+/// Cleanup for `shim delete` after a crash: kills the pod's recorded helpers if they are
+/// still the very processes recorded (pid, start time and argv, [`identity`]), then
+/// whatever is left in its host cgroup, removes the cgroup, its mounts and its directory.
 pub fn remove_leftovers(paths: &SandboxPaths) {
-    let marker = paths.dir.display().to_string();
-    child::kill_recorded(&paths.file("vmm.pid"), &marker);
-    child::kill_recorded(&paths.file("virtiofsd.pid"), &marker);
+    identity::kill_recorded(&paths.file("vmm.pid"));
+    identity::kill_recorded(&paths.file("virtiofsd.pid"));
     if let Ok(record) = std::fs::read_to_string(paths.file("cgroup")) {
         let root = Path::new(host_cgroup::CGROUP_ROOT);
         if let Err(e) = host_cgroup::remove_recorded(&record, root) {
