@@ -118,11 +118,8 @@ pub fn share_volume(source: &Path, target: &Path, options: &[String]) -> Result<
             source: e,
         })?;
     // mountinfo has real paths (the state dir may sit below a symlink such as /var/run).
-    let mounted = std::fs::canonicalize(target).is_ok_and(|real| {
-        crate::mounts::mount_points_under(&mountinfo, &real)
-            .iter()
-            .any(|p| *p == real)
-    });
+    let mounted = std::fs::canonicalize(target)
+        .is_ok_and(|real| crate::mounts::mount_points_under(&mountinfo, &real).contains(&real));
     if !mounted {
         return bind_volume(source, target, options);
     }
