@@ -113,6 +113,13 @@ pub fn stop(child: &mut Child, grace: Duration) {
     }
 }
 
+/// SIGKILL at once and reap: for a helper whose pod is torn down because it, or its
+/// guest, is gone or hung.
+pub fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Finds a helper binary: the configured path, else next to the running shim, else `$PATH`.
 pub fn find_helper(configured: &Path, name: &str) -> Option<PathBuf> {
     if !configured.as_os_str().is_empty() {

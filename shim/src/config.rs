@@ -24,6 +24,14 @@
 //! agent_timeout_secs = 30
 //! lifecycle_timeout_secs = 120
 //! io_drain_timeout_secs = 5
+//! # The pod watcher (see the `watch` module): the agent's Health is called every
+//! # health_interval_ms, each call bounded by health_timeout_ms; health_misses failed or
+//! # late answers in a row declare the guest dead (hung, paused or crashed), and every
+//! # task of the pod exits with status 255. Worst case to notice: misses * (interval +
+//! # timeout), 20 s with these values; a dead husk-vmm or virtiofsd is noticed at once.
+//! health_interval_ms = 5000
+//! health_timeout_ms = 5000
+//! health_misses = 2
 //! # error, warn, info, debug or trace.
 //! log_level = "info"
 //! # Keep the whole guest console in <state_dir>/<namespace>/<pod>/console.log; without
@@ -129,6 +137,12 @@ pub struct Config {
     pub lifecycle_timeout_secs: u64,
     /// Seconds an exit waits for the process's remaining output.
     pub io_drain_timeout_secs: u64,
+    /// Milliseconds between two health checks of the agent.
+    pub health_interval_ms: u64,
+    /// Milliseconds one health check may take.
+    pub health_timeout_ms: u64,
+    /// Failed or late health checks in a row that declare the guest dead.
+    pub health_misses: u32,
     /// Log level.
     pub log_level: String,
     /// Keep the whole guest console log (else only until the boot succeeded).
@@ -166,6 +180,9 @@ impl Default for Config {
             agent_timeout_secs: 30,
             lifecycle_timeout_secs: 120,
             io_drain_timeout_secs: 5,
+            health_interval_ms: 5000,
+            health_timeout_ms: 5000,
+            health_misses: 2,
             log_level: "info".to_string(),
             debug_console: false,
             console_log_max_kib: 256,
@@ -241,6 +258,9 @@ impl Config {
             ("agent_timeout_secs", self.agent_timeout_secs),
             ("lifecycle_timeout_secs", self.lifecycle_timeout_secs),
             ("console_log_max_kib", self.console_log_max_kib),
+            ("health_interval_ms", self.health_interval_ms),
+            ("health_timeout_ms", self.health_timeout_ms),
+            ("health_misses", u64::from(self.health_misses)),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1".into());
@@ -383,6 +403,8 @@ mod tests {
             ("log_level = \"loud\"", "log_level"),
             ("boot_timeout_secs = 0", "boot_timeout_secs"),
             ("console_log_max_kib = 0", "console_log_max_kib"),
+            ("health_timeout_ms = 0", "health_timeout_ms"),
+            ("health_misses = 0", "health_misses"),
             ("max_vcpus = 65", "max_vcpus"),
             ("max_vcpus = 2\nvcpus = 4", "vcpus"),
             ("max_memory_mib = 1", "max_memory_mib"),

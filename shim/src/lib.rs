@@ -9,6 +9,8 @@
 //!   [`private`], [`console`], [`share`], [`sandbox`]: the pod VM;
 //! - [`host_cgroup`]: the cgroup of a pod's host-side processes;
 //! - [`pidfd`], [`identity`]: exact handles on helper processes (watching, crash cleanup);
+//! - [`watch`], [`deadline`]: the pod watcher (helper exits, agent health) and bounded
+//!   calls into a guest that may hang;
 //! - [`pod`]: the seam between the Task service and the pod VM's host side;
 //! - [`stdio`], [`events`], [`oom`], [`ratelimit`], [`process`], [`service`]: the Task service;
 //! - [`bootstrap`]: the binary's `start`, `delete` and serve actions.
@@ -20,6 +22,7 @@ pub mod cleanup;
 pub mod config;
 pub mod console;
 pub mod convert;
+pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod host_cgroup;
@@ -41,6 +44,7 @@ pub mod stdio;
 pub mod virtiofsd;
 pub mod vmm;
 pub mod volume;
+pub mod watch;
 
 #[cfg(test)]
 mod testing;

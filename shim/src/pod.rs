@@ -17,6 +17,7 @@ use crate::mounts::{self, MountError};
 use crate::sandbox::{Sandbox, SandboxError, SandboxPaths};
 use crate::spec::HostBind;
 use crate::vmm::VmLauncher;
+use crate::watch::{Fault, Part};
 
 /// What one container brings into the pod share.
 #[derive(Debug, Clone, Copy)]
@@ -58,8 +59,14 @@ pub trait PodVm: Send + Sync {
     fn diagnostics(&self) -> String;
     /// Whether the VM has already exited (the guest is gone).
     fn exited(&self) -> bool;
+    /// Descriptors that turn readable when a host-side part of the pod dies, for the pod
+    /// watcher ([`crate::watch`]); `Err` when one has died already.
+    fn parts(&self) -> Result<Vec<Part>, Fault>;
     /// Powers the VM off, stops its helpers and removes the pod directory.
     fn destroy(&self);
+    /// Tears the pod down at once without asking the guest (hung or gone): kills and
+    /// reaps the VMM and helpers, removes the host cgroup and the pod directory.
+    fn kill(&self);
 }
 
 /// The real launcher: host mounts, then [`Sandbox::start`] (the host cgroup, virtiofsd,
@@ -161,7 +168,15 @@ impl PodVm for Sandbox {
         self.vm().exited()
     }
 
+    fn parts(&self) -> Result<Vec<Part>, Fault> {
+        Sandbox::parts(self)
+    }
+
     fn destroy(&self) {
         Sandbox::destroy(self);
+    }
+
+    fn kill(&self) {
+        Sandbox::kill(self);
     }
 }

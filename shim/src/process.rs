@@ -1,7 +1,7 @@
 //! A process the shim tracks (a container's init or an exec): its state, exit and streams.
 
 use husk_lock::{CondvarExt, MutexExt};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -20,6 +20,9 @@ pub struct Process {
     /// OCI process JSON of an exec.
     pub process_json: Vec<u8>,
     pid: AtomicU32,
+    /// Set by whoever reports the exit: the process's waiter, or the pod's teardown when
+    /// the VM died under it. Only one of them publishes `TaskExit`.
+    exit_claimed: AtomicBool,
     state: Mutex<ProcState>,
     changed: Condvar,
     relay: Mutex<Option<IoRelay>>,
@@ -34,6 +37,7 @@ impl Process {
             stdio,
             process_json,
             pid: AtomicU32::new(0),
+            exit_claimed: AtomicBool::new(false),
             state: Mutex::new(ProcState::Created),
             changed: Condvar::new(),
             relay: Mutex::new(None),
@@ -68,6 +72,11 @@ impl Process {
         *s = f(*s)?;
         self.changed.notify_all();
         Ok(*s)
+    }
+
+    /// Claims the right to report this process's exit; true for the first caller only.
+    pub fn claim_exit(&self) -> bool {
+        !self.exit_claimed.swap(true, Ordering::SeqCst)
     }
 
     /// Records the exit and wakes waiters.
@@ -126,6 +135,8 @@ mod tests {
         });
         assert_eq!(p.wait(), (7, SystemTime::UNIX_EPOCH));
         t.join().expect("join");
+        assert!(p.claim_exit());
+        assert!(!p.claim_exit(), "an exit is reported once");
         assert_eq!(
             p.transition(ProcState::start),
             Err(StateError {

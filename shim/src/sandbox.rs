@@ -31,11 +31,14 @@ use husk_vmm_api::GuestCmdline;
 use crate::annotations::VmSize;
 use crate::child;
 use crate::config::Config;
+use crate::deadline;
 use crate::host_cgroup::{self, CgroupError, CgroupTarget, HostCgroups, Limits, PodCgroup};
 use crate::identity;
 use crate::mounts;
+use crate::pidfd::PidFd;
 use crate::virtiofsd::{self, VirtiofsdError};
 use crate::vmm::{Vm, VmLauncher, VmSpec, VmmError};
+use crate::watch::{Fault, Part};
 
 /// virtio-fs tag of the pod share.
 pub const SHARE_TAG: &str = "husk-share";
@@ -47,6 +50,10 @@ const MAX_SOCKET_PATH: usize = 107;
 const VIRTIOFSD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a powered-off guest's VMM may take to exit.
 const VMM_EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How long the guest may take to answer `DestroySandbox` on a normal teardown; a guest
+/// that does not is stopped through the VMM anyway, so a hung guest cannot hold up a
+/// Delete or Shutdown for the agent client's lifecycle timeout.
+const GUEST_POWEROFF_WAIT: Duration = Duration::from_secs(5);
 /// Bytes of console shown in boot errors.
 const CONSOLE_TAIL: usize = 2000;
 
@@ -375,12 +382,59 @@ impl Sandbox {
         )
     }
 
-    /// Powers the guest off, stops the VMM and virtiofsd, unmounts and removes the pod
+    /// What the pod watcher blocks on: a pidfd of husk-vmm and of virtiofsd. `Err`: one
+    /// of them has already exited. A pidfd that cannot be opened for another reason (a
+    /// kernel without pidfd_open) is logged and left out; the health check still covers
+    /// the guest.
+    pub fn parts(&self) -> Result<Vec<Part>, Fault> {
+        let mut parts = Vec::new();
+        match PidFd::open(self.vm.pid()) {
+            Ok(fd) => parts.push(Part {
+                name: "husk-vmm",
+                fd: fd.into(),
+            }),
+            Err(e) => tracing::warn!("husk-vmm exits are not watched: {e}"),
+        }
+        let mut v = self.virtiofsd.locked();
+        match PidFd::open(v.id()) {
+            Ok(fd) => parts.push(Part {
+                name: "virtiofsd",
+                fd: fd.into(),
+            }),
+            Err(e) => tracing::warn!("virtiofsd exits are not watched: {e}"),
+        }
+        // Checked after the opens: a helper reaped before them would have let its pid go
+        // to another process, and the pidfd name that one.
+        if self.vm.exited() {
+            return Err(Fault::PartExited("husk-vmm"));
+        }
+        if !matches!(v.try_wait(), Ok(None)) {
+            return Err(Fault::PartExited("virtiofsd"));
+        }
+        Ok(parts)
+    }
+
+    /// Tears the pod down without asking the guest (it is hung or gone): SIGKILLs and
+    /// reaps husk-vmm and virtiofsd, removes the host cgroup, unmounts and removes the pod
     /// directory.
+    pub fn kill(&self) {
+        self.vm.kill();
+        child::kill(&mut self.virtiofsd.locked());
+        remove_cgroup_or_warn(self.cgroup.as_ref());
+        mounts::remove_tree_or_warn(&self.paths.dir);
+    }
+
+    /// Powers the guest off (waiting at most [`GUEST_POWEROFF_WAIT`] for it), stops the VMM
+    /// and virtiofsd, unmounts and removes the pod directory.
     pub fn destroy(&self) {
         if !self.vm.exited() {
-            if let Err(e) = self.agent.destroy_sandbox() {
-                tracing::debug!("destroy sandbox: {e}");
+            let agent = Arc::clone(&self.agent);
+            match deadline::run_within("husk-poweroff", GUEST_POWEROFF_WAIT, move || {
+                agent.destroy_sandbox()
+            }) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("destroy sandbox: {e}"),
+                Err(e) => tracing::warn!("destroy sandbox: {e}; stopping the VM"),
             }
         }
         self.vm.stop(VMM_EXIT_GRACE);

@@ -119,6 +119,9 @@ pub trait Vm: Send + Sync {
     fn metrics(&self) -> Result<Metrics, VmmError>;
     /// Asks the VMM to exit, then kills it if it has not within `grace`; reaps it.
     fn stop(&self, grace: Duration);
+    /// SIGKILLs the VMM without asking and reaps it (its guest is hung or gone: a paused
+    /// VMM would not act on a shutdown request, and a dead one must not stay a zombie).
+    fn kill(&self);
 }
 
 /// Starts VMs.
@@ -231,6 +234,10 @@ impl Vm for HuskVmm {
         if !self.wait_exit(grace) {
             child::stop(&mut self.lock(), Duration::from_millis(500));
         }
+    }
+
+    fn kill(&self) {
+        child::kill(&mut self.lock());
     }
 }
 
@@ -350,5 +357,21 @@ mod tests {
         ));
         vm.stop(Duration::from_secs(5));
         assert!(vm.exited());
+    }
+
+    #[test]
+    fn kill_stops_and_reaps_at_once() {
+        let vm = HuskVmm {
+            child: Mutex::new(Command::new("sleep").arg("300").spawn().expect("spawn")),
+            api_socket: PathBuf::from("/nonexistent/api.sock"),
+        };
+        let pid = vm.pid();
+        vm.kill();
+        assert_eq!(
+            vm.exit_status().as_deref(),
+            Some("husk-vmm was killed by signal 9")
+        );
+        // Reaped: no zombie is left under that pid.
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 }

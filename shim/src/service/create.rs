@@ -1,7 +1,8 @@
 //! `Create`: the bundle's spec turned into the guest's, the container's files put into the
 //! pod share, the pod VM booted when this is its first container, the container created
 //! by the agent. A create that fails leaves nothing behind: no container, no pod it started,
-//! no files in the state directory, no event.
+//! no files in the state directory, no event; nor does one that the shim's shutdown
+//! overtook (see `shutdown`).
 
 use husk_lock::MutexExt;
 use std::collections::HashMap;
@@ -28,6 +29,8 @@ use super::{Container, Result, TaskService};
 
 impl TaskService {
     pub(super) fn do_create(&self, req: &CreateTaskRequest) -> Result<CreateTaskResponse> {
+        // Held to the end: a shutdown waits for it.
+        let _in_flight = self.begin_create()?;
         let task = CreateTask::try_from(req)?;
         let oci = spec::read_bundle_spec(&task.bundle)?;
         let annotations = oci.annotations().clone().unwrap_or_default();
@@ -98,6 +101,15 @@ impl TaskService {
                 ShimError::from(e)
             })?;
 
+        if let Err(e) = self.check_open() {
+            // The shim began shutting down during this create: undone here, so that
+            // nothing is registered (or published) after the shutdown's teardown.
+            mounts::remove_tree_or_warn(&cdir);
+            if started_here && self.containers().is_empty() {
+                self.destroy_pod();
+            }
+            return Err(e);
+        }
         let init = Arc::new(Process::new(&task.id, "", task.stdio.clone(), Vec::new()));
         init.set_pid(pid);
         init.set_relay(IoRelay::start(agent, &task.id, "", &task.stdio));

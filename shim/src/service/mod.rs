@@ -6,10 +6,14 @@
 //! - `create`: the `Create` call (share, pod, agent);
 //! - `task`: the other Task calls;
 //! - `waiter`: the threads that turn process exits into events;
+//! - `fault`: a pod that died under its tasks (watched by [`crate::watch`]);
+//! - `shutdown`: the shim's exit, which waits for a `Create` in flight;
 //! - `ttrpc`: the adapter containerd's ttrpc server calls ([`TaskHandler`]).
 
 mod create;
+mod fault;
 mod pod;
+mod shutdown;
 mod task;
 mod ttrpc;
 mod waiter;
@@ -20,7 +24,8 @@ mod tests;
 use husk_lock::MutexExt;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use containerd_shim::ExitSignal;
 use husk_protocol::AgentApi;
@@ -31,6 +36,7 @@ use crate::events::EventSink;
 use crate::oom::OomMonitor;
 use crate::pod::{PodLauncher, PodVm};
 use crate::process::Process;
+use crate::watch::PodWatch;
 
 pub use self::ttrpc::TaskHandler;
 
@@ -49,6 +55,8 @@ impl Container {
 
 /// The Task service of one shim (one pod).
 pub struct TaskService {
+    /// Itself, for the pod watcher's callback (which must not keep the service alive).
+    me: Weak<TaskService>,
     config: Config,
     namespace: String,
     launcher: Box<dyn PodLauncher>,
@@ -56,6 +64,14 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
     pod: Mutex<Option<Arc<dyn PodVm>>>,
     oom: Mutex<Option<OomMonitor>>,
+    watch: Mutex<Option<PodWatch>>,
+    /// Why the pod VM was torn down under its tasks, for the errors of later calls.
+    fault: Mutex<Option<String>>,
+    /// Set when the shim is shutting down: no `Create` may finish after it.
+    closing: AtomicBool,
+    /// `Create` calls in flight, which the shutdown waits for.
+    creates: Mutex<u32>,
+    creates_done: Condvar,
     /// Shared with the OOM monitor, which publishes only for these containers.
     containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
 }
@@ -79,7 +95,8 @@ impl TaskService {
         events: Box<dyn EventSink>,
         exit: Arc<ExitSignal>,
     ) -> Arc<Self> {
-        Arc::new(TaskService {
+        Arc::new_cyclic(|me| TaskService {
+            me: me.clone(),
             config,
             namespace,
             launcher,
@@ -87,6 +104,11 @@ impl TaskService {
             exit,
             pod: Mutex::new(None),
             oom: Mutex::new(None),
+            watch: Mutex::new(None),
+            fault: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            creates: Mutex::new(0),
+            creates_done: Condvar::new(),
             containers: Arc::new(Mutex::new(HashMap::new())),
         })
     }
@@ -96,10 +118,13 @@ impl TaskService {
     }
 
     fn pod(&self) -> Result<Arc<dyn PodVm>> {
-        self.pod
-            .locked()
-            .clone()
-            .ok_or_else(|| ShimError::FailedPrecondition("the pod VM is not running".into()))
+        self.pod.locked().clone().ok_or_else(|| {
+            let why = self.fault.locked().clone();
+            ShimError::FailedPrecondition(match why {
+                Some(why) => format!("the pod VM is not running: {why}"),
+                None => "the pod VM is not running".into(),
+            })
+        })
     }
 
     fn agent(&self) -> Result<Arc<dyn AgentApi>> {

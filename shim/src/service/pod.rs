@@ -13,7 +13,7 @@ use crate::oom::{self, OomLimits, OomMonitor};
 use crate::pod::PodVm;
 use crate::sandbox::SandboxPaths;
 
-use super::{Container, Result, TaskService};
+use super::{Result, TaskService};
 
 impl TaskService {
     /// The pod VM, started now for a standalone container or a pod sandbox. Returns the
@@ -49,6 +49,7 @@ impl TaskService {
         tracing::info!("pod VM for {id} up in {:?}", started.elapsed());
         self.watch_oom(vm.as_ref(), id);
         *pod = Some(Arc::clone(&vm));
+        self.watch_pod(&vm);
         Ok((vm, true))
     }
 
@@ -65,25 +66,14 @@ impl TaskService {
         }
     }
 
-    /// Stops the OOM monitor and destroys the pod VM, if one runs.
+    /// Stops the watcher and the OOM monitor and destroys the pod VM, if one runs.
     pub(super) fn destroy_pod(&self) {
+        // First: the helpers it watches are about to exit on purpose.
+        self.watch.locked().take();
         self.oom.locked().take();
         let vm = self.pod.locked().take();
         if let Some(vm) = vm {
             vm.destroy();
         }
-    }
-
-    /// Stops the VM and removes everything; called when the shim exits.
-    pub fn shutdown_all(&self) {
-        let all: Vec<Arc<Container>> = self.containers().drain().map(|(_, c)| c).collect();
-        for c in all {
-            c.init.drop_relay();
-            for e in c.execs().values() {
-                e.drop_relay();
-            }
-        }
-        self.destroy_pod();
-        self.events.flush();
     }
 }

@@ -1,6 +1,7 @@
 //! The Task calls after `Create`: start, delete, exec, kill, pause/resume, state, wait,
 //! pids, stats, update, and the stream calls.
 
+use husk_lock::MutexExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,8 +24,12 @@ use crate::mounts;
 use crate::process::Process;
 use crate::state::{KillRefused, ProcState};
 use crate::stdio::IoRelay;
+use crate::watch::Fault;
 
-use super::{Result, TaskService};
+use super::{fault, Result, TaskService};
+
+/// The signal whose delivery a torn-down VM achieves.
+const SIGKILL: u32 = 9;
 
 impl TaskService {
     pub(super) fn do_start(self: &Arc<Self>, req: &StartRequest) -> Result<StartResponse> {
@@ -95,17 +100,33 @@ impl TaskService {
             c.execs().remove(&req.exec_id);
             return Ok(resp);
         }
-        let vm = self.pod()?;
-        match vm.agent().remove_container(&req.id) {
-            Ok(()) => {}
-            Err(e) if e.kind() == Some(ErrorKind::NotFound) => {}
-            Err(e) => tracing::warn!("remove container {}: {e}", req.id),
+        // No pod: it was torn down under the task (its files went with it), and the
+        // delete needs no guest.
+        let vm = self.pod.locked().clone();
+        if let Some(vm) = &vm {
+            match vm.agent().remove_container(&req.id) {
+                Ok(()) => {}
+                Err(e) if e.kind() == Some(ErrorKind::NotFound) => {}
+                Err(e) if fault::unanswered(&e) => {
+                    // A guest that does not answer is torn down, not left holding the
+                    // delete (containerd's `delete -f` must always work).
+                    let error = e.to_string();
+                    self.pod_failed(
+                        vm,
+                        &Fault::Unanswered {
+                            call: "RemoveContainer",
+                            error,
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!("remove container {}: {e}", req.id),
+            }
+            mounts::remove_tree_or_warn(&vm.paths().container_dir(&req.id));
         }
         p.drop_relay();
         for e in c.execs().values() {
             e.drop_relay();
         }
-        mounts::remove_tree_or_warn(&vm.paths().container_dir(&req.id));
         let now_empty = {
             let mut all = self.containers();
             all.remove(&req.id);
@@ -179,9 +200,32 @@ impl TaskService {
                 )))
             }
         }
-        self.agent()?
-            .signal_process(&k.id, &k.exec_id, k.signal, k.all)?;
-        Ok(())
+        let vm = self.pod()?;
+        let Err(e) = vm
+            .agent()
+            .signal_process(&k.id, &k.exec_id, k.signal, k.all)
+        else {
+            return Ok(());
+        };
+        if p.state().is_stopped() && !k.all {
+            // The pod died while the signal was on its way: nothing left to kill.
+            return Err(ShimError::NotFound(format!(
+                "process {name} already finished"
+            )));
+        }
+        if k.signal == SIGKILL && fault::unanswered(&e) {
+            // A SIGKILL the guest does not take: tearing the VM down kills the process
+            // all the same, and containerd's forced delete can go on.
+            self.pod_failed(
+                &vm,
+                &Fault::Unanswered {
+                    call: "SignalProcess(SIGKILL)",
+                    error: e.to_string(),
+                },
+            );
+            return Ok(());
+        }
+        Err(e.into())
     }
 
     pub(super) fn do_pause(&self, id: &str, pause: bool) -> Result<()> {

@@ -111,6 +111,8 @@ struct Script {
     next_pid: u32,
     pids: HashMap<ProcKey, u32>,
     failures: HashMap<Rpc, Failure>,
+    hangs: std::collections::HashSet<Rpc>,
+    delays: HashMap<Rpc, Duration>,
     exits: HashMap<ProcKey, i32>,
     gone: bool,
     calls: Vec<Call>,
@@ -160,9 +162,25 @@ impl FakeAgent {
         self.script().failures.insert(rpc, how);
     }
 
-    /// `rpc` calls succeed again.
+    /// `rpc` calls succeed again (hung ones return).
     pub fn heal(&self, rpc: Rpc) {
-        self.script().failures.remove(&rpc);
+        let mut s = self.script();
+        s.failures.remove(&rpc);
+        s.hangs.remove(&rpc);
+        s.delays.remove(&rpc);
+        self.changed.notify_all();
+    }
+
+    /// Later `rpc` calls get no answer, as from a hung or paused guest: they block until
+    /// [`FakeAgent::heal`] or until the guest is gone (the real client's connection closes
+    /// when the VMM dies), then fail as on a closed connection.
+    pub fn hang(&self, rpc: Rpc) {
+        self.script().hangs.insert(rpc);
+    }
+
+    /// Later `rpc` calls answer after `delay` (a slow but live guest).
+    pub fn delay(&self, rpc: Rpc, delay: Duration) {
+        self.script().delays.insert(rpc, delay);
     }
 
     /// The process exits with `status`: its `WaitProcess` returns.
@@ -238,6 +256,14 @@ impl FakeAgent {
                 exec_id: exec_id.to_string(),
                 signal,
             });
+        }
+        if let Some(delay) = s.delays.get(&rpc).copied() {
+            drop(s);
+            std::thread::sleep(delay);
+            s = self.script();
+        }
+        while s.hangs.contains(&rpc) && !s.gone {
+            s = self.changed.wait_recovering(s);
         }
         if s.gone {
             return Err(AgentError::Status {
