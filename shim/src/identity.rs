@@ -10,6 +10,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -144,10 +145,29 @@ impl ProcessIdentity {
     }
 }
 
-/// Records the identity of the running process `pid` at `path`; a failure is logged (crash
-/// cleanup then relies on the host cgroup alone).
+/// How long [`ProcessIdentity::of_new`] waits for a new process's argv.
+const ARGV_WAIT: Duration = Duration::from_secs(1);
+
+impl ProcessIdentity {
+    /// [`ProcessIdentity::of`] a process just spawned. `spawn` may return (vfork) before
+    /// the kernel has set up the new program's argument area, and until then
+    /// `/proc/<pid>/cmdline` reads empty; so an empty argv is read again, for a moment.
+    pub fn of_new(pid: u32) -> Result<ProcessIdentity, IdentityError> {
+        let deadline = Instant::now() + ARGV_WAIT;
+        loop {
+            let id = ProcessIdentity::of(pid)?;
+            if !id.argv.is_empty() || Instant::now() >= deadline {
+                return Ok(id);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Records the identity of the process `pid`, just spawned, at `path`; a failure is logged
+/// (crash cleanup then relies on the host cgroup alone).
 pub fn record_or_warn(pid: u32, path: &Path) {
-    if let Err(e) = ProcessIdentity::of(pid).and_then(|id| id.record(path)) {
+    if let Err(e) = ProcessIdentity::of_new(pid).and_then(|id| id.record(path)) {
         tracing::warn!("record identity of pid {pid} in {}: {e}", path.display());
     }
 }
@@ -209,7 +229,6 @@ pub fn kill_recorded(path: &Path) {
 mod tests {
     use super::*;
     use std::process::{Child, Command};
-    use std::time::Duration;
 
     fn sleeper() -> Child {
         Command::new("sleep").arg("300").spawn().expect("sleep")
@@ -240,7 +259,7 @@ mod tests {
     fn a_record_round_trips_and_names_the_running_process() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut child = sleeper();
-        let id = ProcessIdentity::of(child.id()).expect("identity");
+        let id = ProcessIdentity::of_new(child.id()).expect("identity");
         assert_eq!(id.argv, ["sleep", "300"]);
         assert!(id.start_time > 0);
         let path = dir.path().join("vmm.pid");
@@ -255,7 +274,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("virtiofsd.pid");
         let mut child = sleeper();
-        let real = ProcessIdentity::of(child.id()).expect("identity");
+        let real = ProcessIdentity::of_new(child.id()).expect("identity");
 
         // Same pid and argv, but another start time: a process that reused the pid.
         let reused = ProcessIdentity {

@@ -200,15 +200,38 @@ impl TaskService {
                 )))
             }
         }
-        let vm = self.pod()?;
+        let Some(vm) = self.pod.locked().clone() else {
+            if self.fault.locked().is_some() {
+                // Its pod died under it; its exit is being (or has been) reported.
+                return if k.signal == SIGKILL {
+                    Ok(())
+                } else {
+                    Err(ShimError::NotFound(format!(
+                        "process {name} already finished"
+                    )))
+                };
+            }
+            return Err(ShimError::FailedPrecondition(
+                "the pod VM is not running".into(),
+            ));
+        };
         let Err(e) = vm
             .agent()
             .signal_process(&k.id, &k.exec_id, k.signal, k.all)
         else {
             return Ok(());
         };
-        if p.state().is_stopped() && !k.all {
-            // The pod died while the signal was on its way: nothing left to kill.
+        let torn_down = !self
+            .pod
+            .locked()
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, &vm));
+        if torn_down || p.state().is_stopped() {
+            // The pod died while the signal was on its way: a SIGKILL got what it asked
+            // for; for any other signal there is nothing left to signal.
+            if k.signal == SIGKILL {
+                return Ok(());
+            }
             return Err(ShimError::NotFound(format!(
                 "process {name} already finished"
             )));

@@ -3,6 +3,7 @@
 //! and the state directory live in a tempdir per test.
 
 mod failures;
+mod faults;
 mod lifecycle;
 mod namespaces;
 
@@ -41,12 +42,18 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_config(|_| {})
+    }
+
+    /// A harness whose config `tune` adjusts (after the state dir is set).
+    fn with_config(tune: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = Config {
+        let mut config = Config {
             state_dir: dir.path().join("state"),
             io_drain_timeout_secs: 5,
             ..Config::default()
         };
+        tune(&mut config);
         let agent = FakeAgent::new();
         let pods = FakePodLauncher::new(Arc::clone(&agent));
         let events = CollectingEvents::default();
