@@ -157,11 +157,12 @@ fn main() -> ExitCode {
     }
     let vmm_config = cli.work_dir.join("husk-vmm.json");
     if cli.boot_trace {
-        let traced = boot::husk_command_with(&vmm, &guest, &boot::trace_cmdline(), &vmm_config, true)
-            .and_then(|mut cmd| {
-                cmd.env("HUSK_VMM_LOG", "husk_vmm::builder=debug,info");
-                boot::trace("husk-vmm", cmd, timeout)
-            });
+        let traced =
+            boot::husk_command_with(&vmm, &guest, &boot::trace_cmdline(), &vmm_config, true)
+                .and_then(|mut cmd| {
+                    cmd.env("HUSK_VMM_LOG", "husk_vmm::builder=debug,info");
+                    boot::trace("husk-vmm", cmd, timeout)
+                });
         match traced {
             Ok(lines) => {
                 for (at, line) in lines.iter().filter(|(_, l)| boot::worth_showing(l)) {

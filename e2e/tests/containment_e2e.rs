@@ -120,7 +120,12 @@ fn containment_a_read_only_volume_is_read_only_on_the_host() {
     let volumes = pod_dir(d, id).join("shared/.volumes");
     let binds = host_mounts_below(&volumes);
     assert_eq!(binds.len(), 1, "one host bind for the volume: {binds:#?}");
-    let options: Vec<&str> = binds[0].split(' ').nth(5).unwrap_or("").split(',').collect();
+    let options: Vec<&str> = binds[0]
+        .split(' ')
+        .nth(5)
+        .unwrap_or("")
+        .split(',')
+        .collect();
     assert!(
         options.contains(&"ro"),
         "the host-side bind of a ro volume is not ro: {}",
@@ -147,7 +152,11 @@ fn containment_a_read_only_volume_is_read_only_on_the_host() {
         "the privileged container did not reach the volume through its own mount of the \
          share (the test would prove nothing): {out:?} {err:?}"
     );
-    assert_ne!(code, Some(0), "the write through the share succeeded: {err}");
+    assert_ne!(
+        code,
+        Some(0),
+        "the write through the share succeeded: {err}"
+    );
     assert!(err.contains("Read-only file system"), "{err}");
     remove(d, id);
     let written: Vec<_> = std::fs::read_dir(&src)
@@ -155,7 +164,11 @@ fn containment_a_read_only_volume_is_read_only_on_the_host() {
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert_eq!(written, vec![std::ffi::OsString::from("keep")], "host dir changed");
+    assert_eq!(
+        written,
+        vec![std::ffi::OsString::from("keep")],
+        "host dir changed"
+    );
 }
 
 /// The `(Seccomp, NoNewPrivs, CapEff)` fields of a `/proc/.../status` text.
@@ -180,14 +193,22 @@ fn containment_husk_vmm_runs_jailed_with_seccomp_and_no_capabilities() {
     run_sleeper(d, id, &[]);
     let pod = pod_dir(d, id);
     let vmms = processes_of("husk-vmm", &pod);
-    assert_eq!(vmms.len(), 1, "one husk-vmm for {}: {vmms:?}", pod.display());
+    assert_eq!(
+        vmms.len(),
+        1,
+        "one husk-vmm for {}: {vmms:?}",
+        pod.display()
+    );
     let vmm = vmms[0];
     let tasks: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{vmm}/task"))
         .expect("tasks")
         .flatten()
         .map(|e| e.path())
         .collect();
-    assert!(tasks.len() >= 2, "husk-vmm runs vCPU and device threads: {tasks:?}");
+    assert!(
+        tasks.len() >= 2,
+        "husk-vmm runs vCPU and device threads: {tasks:?}"
+    );
     for task in &tasks {
         let status = std::fs::read_to_string(task.join("status")).expect("status");
         let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
@@ -200,7 +221,11 @@ fn containment_husk_vmm_runs_jailed_with_seccomp_and_no_capabilities() {
         );
     }
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("mnt ns");
-    assert_ne!(ns(&vmm.to_string()), ns("self"), "husk-vmm shares the host's mounts");
+    assert_ne!(
+        ns(&vmm.to_string()),
+        ns("self"),
+        "husk-vmm shares the host's mounts"
+    );
     let root = PathBuf::from(format!("/proc/{vmm}/root"));
     for host_file in ["etc/passwd", "usr/bin", "var/lib"] {
         assert!(
