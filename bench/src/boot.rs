@@ -86,7 +86,7 @@ pub fn husk_config(guest: &Guest, cmdline: String) -> VmConfig {
 /// The husk-vmm command for `guest` with the default command line; its
 /// configuration is written to `config_file`.
 pub fn husk_command(vmm: &Path, guest: &Guest, config_file: &Path) -> Result<Command, Error> {
-    husk_command_with(vmm, guest, &cmdline().build(), config_file)
+    husk_command_with(vmm, guest, &cmdline().build(), config_file, true)
 }
 
 /// The husk-vmm command for `guest` with kernel command line `cmdline`; its
@@ -96,10 +96,15 @@ pub fn husk_command_with(
     guest: &Guest,
     cmdline: &str,
     config_file: &Path,
+    confined: bool,
 ) -> Result<Command, Error> {
     husk_config(guest, cmdline.to_string()).write_json_file(config_file)?;
+    let mut args = VmmArgs::new(config_file);
+    // Unconfined only to measure what the jail and the seccomp filters cost.
+    args.no_seccomp = !confined;
+    args.no_jail = !confined;
     let mut cmd = Command::new(vmm);
-    cmd.args(VmmArgs::new(config_file).to_args());
+    cmd.args(args.to_args());
     Ok(cmd)
 }
 

@@ -157,11 +157,12 @@ fn main() -> ExitCode {
     }
     let vmm_config = cli.work_dir.join("husk-vmm.json");
     if cli.boot_trace {
-        let traced = boot::husk_command_with(&vmm, &guest, &boot::trace_cmdline(), &vmm_config)
-            .and_then(|mut cmd| {
-                cmd.env("HUSK_VMM_LOG", "husk_vmm::builder=debug,info");
-                boot::trace("husk-vmm", cmd, timeout)
-            });
+        let traced =
+            boot::husk_command_with(&vmm, &guest, &boot::trace_cmdline(), &vmm_config, true)
+                .and_then(|mut cmd| {
+                    cmd.env("HUSK_VMM_LOG", "husk_vmm::builder=debug,info");
+                    boot::trace("husk-vmm", cmd, timeout)
+                });
         match traced {
             Ok(lines) => {
                 for (at, line) in lines.iter().filter(|(_, l)| boot::worth_showing(l)) {
@@ -174,28 +175,35 @@ fn main() -> ExitCode {
     let mut husk_boot = Vec::new();
     let mut husk_overhead = Vec::new();
     let mut husk_touched = Vec::new();
-    // Variants of the husk boot: (name, guest, kernel command line).
-    let mut alts: Vec<(String, Guest, String)> = Vec::new();
+    // Variants of the husk boot: (name, guest, kernel command line, confined). The
+    // unconfined one (no jail, no seccomp) shows what confinement costs.
+    let mut alts: Vec<(String, Guest, String, bool)> = vec![(
+        "husk-vmm unconfined".into(),
+        guest.clone(),
+        boot::cmdline().build(),
+        false,
+    )];
     for (name, initrd) in &cli.alt_initrds {
         let alt = Guest {
             initrd: initrd.clone(),
             ..guest.clone()
         };
-        alts.push((format!("initrd {name}"), alt, boot::cmdline().build()));
+        alts.push((format!("initrd {name}"), alt, boot::cmdline().build(), true));
     }
     for (name, params) in &cli.alt_cmdlines {
         let cmdline = boot::cmdline().param(params).build();
-        alts.push((format!("cmdline {name}"), guest.clone(), cmdline));
+        alts.push((format!("cmdline {name}"), guest.clone(), cmdline, true));
     }
     for (name, kernel) in &cli.alt_kernels {
         let alt = Guest {
             kernel: kernel.clone(),
             ..guest.clone()
         };
-        alts.push((format!("kernel {name}"), alt, boot::cmdline().build()));
+        alts.push((format!("kernel {name}"), alt, boot::cmdline().build(), true));
     }
     let mut alt_boot = vec![Vec::new(); alts.len()];
     let mut alt_touched = vec![Vec::new(); alts.len()];
+    let mut alt_overhead = vec![Vec::new(); alts.len()];
     let mut qemu_boot = Vec::new();
     let mut errors = Vec::new();
     for run in 0..cli.runs {
@@ -221,13 +229,14 @@ fn main() -> ExitCode {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        for (i, (name, alt, cmdline)) in alts.iter().enumerate() {
-            let booted = boot::husk_command_with(&vmm, alt, cmdline, &vmm_config)
+        for (i, (name, alt, cmdline, confined)) in alts.iter().enumerate() {
+            let booted = boot::husk_command_with(&vmm, alt, cmdline, &vmm_config, *confined)
                 .and_then(|cmd| boot::boot_once(name, cmd, timeout));
             match booted {
                 Ok(sample) => {
                     alt_boot[i].push(ms(sample.to_marker));
                     alt_touched[i].push(mib(sample.memory.guest_rss_kib));
+                    alt_overhead[i].push(mib(sample.memory.overhead_kib()));
                 }
                 Err(e) => errors.push(e.to_string()),
             }
@@ -271,7 +280,7 @@ fn main() -> ExitCode {
             anchor: None,
         },
     ];
-    for (i, (name, _, _)) in alts.iter().enumerate() {
+    for (i, (name, _, _, _)) in alts.iter().enumerate() {
         rows.push(Row {
             figure: format!("boot with {name}"),
             unit: "ms".into(),
@@ -285,6 +294,13 @@ fn main() -> ExitCode {
             husk: Summary::of(&alt_touched[i]),
             anchor_name: "default".into(),
             anchor: Summary::of(&husk_touched),
+        });
+        rows.push(Row {
+            figure: format!("VMM RSS outside guest memory, {name}"),
+            unit: "MiB".into(),
+            husk: Summary::of(&alt_overhead[i]),
+            anchor_name: "default".into(),
+            anchor: Summary::of(&husk_overhead),
         });
     }
     if !cli.boot_only {

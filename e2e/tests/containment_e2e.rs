@@ -239,8 +239,8 @@ fn containment_husk_vmm_runs_jailed_with_seccomp_and_no_capabilities() {
     remove(d, id);
 }
 
-/// virtiofsd runs in its namespace sandbox: the process serving the share has the share as
-/// its root, so no `..` or symlink lookup from the share reaches a host file outside it.
+/// virtiofsd runs in its namespace sandbox: its processes have the share as their root, so
+/// no `..` or symlink lookup from the share reaches a host file outside it.
 #[test]
 fn containment_virtiofsd_is_rooted_at_the_share() {
     let (d, _g) = daemon();
@@ -250,31 +250,128 @@ fn containment_virtiofsd_is_rooted_at_the_share() {
     let shared = pod.join("shared");
     let helpers = processes_of("virtiofsd", &pod);
     assert!(!helpers.is_empty(), "no virtiofsd for {}", pod.display());
-    let mut serving = 0;
+    // virtiofsd's sandbox is a mount namespace of its own whose root is the share: its
+    // monitor and its serving process both live in it.
     for pid in &helpers {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
-        if root.join(id).join("rootfs/bin").exists() {
+        assert!(
+            root.join(id).join("rootfs/bin").exists(),
+            "virtiofsd {pid} is not rooted at the share {}",
+            shared.display()
+        );
+        for host_file in ["etc/passwd", "usr", "proc/self"] {
             assert!(
-                !root.join("etc/passwd").exists() && !root.join("usr").exists(),
-                "virtiofsd {pid}: host files below its root"
-            );
-            serving += 1;
-            continue;
-        }
-        // Not rooted at the share: it must not serve it (virtiofsd's monitor parent).
-        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .expect("fds")
-            .flatten()
-        {
-            let target = std::fs::read_link(fd.path()).unwrap_or_default();
-            assert!(
-                !target.starts_with(&shared),
-                "virtiofsd {pid} serves {} from the host's root (fd {})",
-                target.display(),
-                fd.path().display()
+                !root.join(host_file).exists(),
+                "virtiofsd {pid}: /{host_file} of the host is below its root"
             );
         }
     }
-    assert_eq!(serving, 1, "one virtiofsd rooted at the share: {helpers:?}");
     remove(d, id);
+}
+
+/// The cgroup v2 path (below /sys/fs/cgroup) of host process `pid`.
+fn cgroup_of(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line for {pid}: {text}"))
+        .to_string()
+}
+
+fn cgroup_file(cgroup: &str, file: &str) -> String {
+    let path = Path::new("/sys/fs/cgroup")
+        .join(cgroup.trim_start_matches('/'))
+        .join(file);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// The host side of a pod is accounted and bounded (Kata's `sandbox_cgroup_only`):
+/// husk-vmm and virtiofsd live in one cgroup, at the spec's `linux.cgroupsPath` (`ctr run`
+/// gives `/<namespace>/<id>` unless `--cgroup` says otherwise), with `memory.max` = guest memory + the configured overhead (256 MiB by
+/// default) and `cpu.max` = vCPUs + 50 %; the cgroup goes with the pod.
+#[test]
+fn containment_vmm_and_virtiofsd_live_in_the_pods_bounded_cgroup() {
+    let (d, _g) = daemon();
+    let want_memory = (u64::from(d.opts.memory_mib) + 256) * 1024 * 1024;
+    let want_cpu = format!("{} 100000", (u64::from(d.opts.vcpus) * 100 + 50) * 1000);
+    for (id, extra, want_path) in [
+        ("bounded", vec![], format!("/{}/bounded", d.opts.namespace)),
+        (
+            "boundedpath",
+            vec!["--cgroup", "/husk-e2e-parent/boundedpath"],
+            "/husk-e2e-parent/boundedpath".to_string(),
+        ),
+    ] {
+        run_sleeper(d, id, &extra);
+        let pod = pod_dir(d, id);
+        let vmm = processes_of("husk-vmm", &pod);
+        let fsd = processes_of("virtiofsd", &pod);
+        assert_eq!(vmm.len(), 1, "{id}: husk-vmm {vmm:?}");
+        assert!(!fsd.is_empty(), "{id}: no virtiofsd");
+        let cgroup = cgroup_of(vmm[0]);
+        assert!(
+            cgroup.ends_with(&want_path),
+            "{id}: husk-vmm is in {cgroup}, not below {want_path}"
+        );
+        for pid in &fsd {
+            assert_eq!(cgroup_of(*pid), cgroup, "{id}: virtiofsd {pid}");
+        }
+        assert_eq!(
+            cgroup_file(&cgroup, "memory.max"),
+            want_memory.to_string(),
+            "{id}: memory.max of {cgroup}"
+        );
+        assert_eq!(cgroup_file(&cgroup, "cpu.max"), want_cpu, "{id}: cpu.max");
+        let current: u64 = cgroup_file(&cgroup, "memory.current")
+            .parse()
+            .expect("memory.current");
+        assert!(
+            current > 16 * 1024 * 1024,
+            "{id}: {current} bytes charged: the guest's memory is not accounted here"
+        );
+        remove(d, id);
+        let dir = Path::new("/sys/fs/cgroup").join(cgroup.trim_start_matches('/'));
+        assert!(!dir.exists(), "{id}: {} left", dir.display());
+    }
+    assert!(
+        !Path::new("/sys/fs/cgroup/husk-e2e-parent").exists(),
+        "the parent husk made for --cgroup is left"
+    );
+}
+
+/// Annotations are bounded by the admin's caps and allow-list: a pod asking for more
+/// memory than `max_memory_mib`, or setting a husk annotation that is not allowed, is
+/// refused with an error naming the annotation, and nothing is left.
+#[test]
+fn containment_annotations_beyond_the_caps_are_refused() {
+    let (d, _g) = daemon();
+    for (id, annotation, says) in [
+        (
+            "bigmem",
+            "io.husk.memory_mib=999999",
+            "above the cap of 16384 (config key max_memory_mib)",
+        ),
+        ("badkey", "io.husk.kernel=/tmp/evil", "is not allowed"),
+    ] {
+        let out = d.run(id, &["--annotation", annotation], &["true"]);
+        assert!(!out.status.success(), "{annotation} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let key = annotation.split('=').next().unwrap_or_default();
+        assert!(
+            err.contains(key) && err.contains(says),
+            "{annotation}: {}",
+            d.explain(&out)
+        );
+        let _ = d.ctr(&["container", "rm", id]);
+        d.assert_nothing_left(&format!("after {annotation}"));
+        assert!(
+            !Path::new("/sys/fs/cgroup")
+                .join(format!("husk-{}-{id}", d.opts.namespace))
+                .exists(),
+            "{annotation}: a cgroup was made"
+        );
+    }
 }

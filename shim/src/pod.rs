@@ -122,13 +122,25 @@ impl PodLauncher for HostPodLauncher {
         if files.binds.is_empty() {
             return Ok(());
         }
-        let volumes = match dir.parent() {
-            Some(shared) => shared.join(crate::spec::VOLUMES_DIR),
+        let (volumes, staging) = match dir.parent().and_then(|s| Some((s, s.parent()?))) {
+            Some((shared, pod_dir)) => (
+                shared.join(crate::spec::VOLUMES_DIR),
+                pod_dir.join("staging"),
+            ),
             None => return Err(MountError::RelativeSource(dir.to_path_buf())),
         };
         let _one_at_a_time = self.volumes.locked();
+        std::fs::create_dir_all(&staging).map_err(|source| MountError::Io {
+            path: staging.clone(),
+            source,
+        })?;
+        crate::share::make_private(&staging).map_err(|e| MountError::Io {
+            path: staging.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         for b in files.binds {
-            crate::volume::share_volume(&b.source, &volumes.join(&b.name), &b.options)?;
+            let target = volumes.join(&b.name);
+            crate::volume::share_volume(&b.source, &target, &b.options, &staging)?;
         }
         Ok(())
     }

@@ -42,6 +42,17 @@ pub fn is_mount_point(mountinfo: &str, point: &Path) -> bool {
 /// propagation; does nothing more if it is a mount point already (a later container of
 /// the pod).
 pub fn make_shared(dir: &Path) -> Result<(), ShareError> {
+    make_mount_point(dir, MsFlags::MS_SHARED)
+}
+
+/// Makes `dir` a private mount point (see [`make_shared`]): the volumes' staging
+/// directory, where a bind gets its options and propagation before it is moved into the
+/// share ([`crate::volume::share_volume`]).
+pub fn make_private(dir: &Path) -> Result<(), ShareError> {
+    make_mount_point(dir, MsFlags::MS_PRIVATE)
+}
+
+fn make_mount_point(dir: &Path, propagation: MsFlags) -> Result<(), ShareError> {
     let err = |what| {
         move |source| ShareError::Mount {
             what,
@@ -62,14 +73,8 @@ pub fn make_shared(dir: &Path) -> Result<(), ShareError> {
         None::<&str>,
     )
     .map_err(err("bind onto itself"))?;
-    mount(
-        None::<&str>,
-        &real,
-        None::<&str>,
-        MsFlags::MS_SHARED,
-        None::<&str>,
-    )
-    .map_err(err("make shared"))
+    mount(None::<&str>, &real, None::<&str>, propagation, None::<&str>)
+        .map_err(err("set the propagation of"))
 }
 
 #[cfg(test)]

@@ -111,7 +111,20 @@ pub fn volume_name(source: &Path, options: &[String]) -> String {
 
 /// Binds volume `source` on the pod volume `target` unless an earlier container of the pod
 /// already did (then `target` must be a mount of the same file).
-pub fn share_volume(source: &Path, target: &Path, options: &[String]) -> Result<(), MountError> {
+///
+/// The share is a shared mount (virtiofsd's namespace must see what is mounted below it),
+/// and a bind made directly below it would be copied into virtiofsd's namespace as a member
+/// of the source's peer group: making the host's copy private afterwards would leave
+/// virtiofsd's copy receiving the source's later mounts. So the bind is made in `staging`
+/// (a private mount point), gets its options and propagation there, and is then moved into
+/// the share, where it starts a peer group of its own (or stays in the source's, for
+/// `shared`; a slave of it, for `slave`), exactly as asked.
+pub fn share_volume(
+    source: &Path,
+    target: &Path,
+    options: &[String],
+    staging: &Path,
+) -> Result<(), MountError> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| MountError::Io {
             path: "/proc/self/mountinfo".into(),
@@ -121,7 +134,7 @@ pub fn share_volume(source: &Path, target: &Path, options: &[String]) -> Result<
     let mounted = std::fs::canonicalize(target)
         .is_ok_and(|real| crate::mounts::mount_points_under(&mountinfo, &real).contains(&real));
     if !mounted {
-        return bind_volume(source, target, options);
+        return stage_and_move(source, target, options, staging);
     }
     let same = |a: &Path, b: &Path| -> std::io::Result<bool> {
         let (a, b) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
@@ -138,6 +151,37 @@ pub fn share_volume(source: &Path, target: &Path, options: &[String]) -> Result<
             source: e,
         }),
     }
+}
+
+fn stage_and_move(
+    source: &Path,
+    target: &Path,
+    options: &[String],
+    staging: &Path,
+) -> Result<(), MountError> {
+    let name = target.file_name().unwrap_or(target.as_os_str());
+    let staged = staging.join(name);
+    bind_volume(source, &staged, options)?;
+    let moved = crate::mounts::create_mount_point(source, target).and_then(|()| {
+        mount(
+            Some(&staged),
+            target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| MountError::Mount {
+            what: format!("move {}", staged.display()),
+            target: target.to_path_buf(),
+            message: e.to_string(),
+        })
+    });
+    if moved.is_err() {
+        crate::mounts::unmount_under(&staged);
+    }
+    // The mount point left behind in staging (an empty file or directory).
+    let _ = std::fs::remove_dir(&staged).or_else(|_| std::fs::remove_file(&staged));
+    moved
 }
 
 /// Binds volume `source` on `target` (creating the mount point) with the volume's OCI
@@ -327,17 +371,99 @@ mod root_tests {
         std::fs::create_dir(&src).expect("src");
         std::fs::create_dir(&other).expect("other");
         let target = dir.path().join("pod/.volumes/v");
-        share_volume(&src, &target, &opts(&["rbind", "rshared"])).expect("first");
-        share_volume(&src, &target, &opts(&["rbind", "rslave"])).expect("second");
+        let staging = dir.path().join("pod/staging");
+        std::fs::create_dir_all(&staging).expect("staging");
+        share_volume(&src, &target, &opts(&["rbind", "rshared"]), &staging).expect("first");
+        share_volume(&src, &target, &opts(&["rbind", "rslave"]), &staging).expect("second");
         let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let real = std::fs::canonicalize(&target).expect("real");
         let stacked = mount_points_under(&text, &real).len();
-        let clash = share_volume(&other, &target, &opts(&["rbind"]));
+        let clash = share_volume(&other, &target, &opts(&["rbind"]), &staging);
+        let staged_left = std::fs::read_dir(&staging).expect("staging").count();
         detach_all(dir.path());
         assert_eq!(stacked, 1, "the second container reuses the pod's bind");
+        assert_eq!(staged_left, 0, "nothing stays in staging");
         assert!(
             matches!(clash, Err(MountError::VolumeClash { .. })),
             "{clash:?}"
+        );
+    }
+
+    /// virtiofsd's view of the share is a slave copy of it (its namespace sandbox); stand in
+    /// for it with a slave bind of the share. A later host mount below the source of an
+    /// `rprivate` volume must reach neither the share nor that view; below an `rslave` one,
+    /// both.
+    #[test]
+    fn propagation_holds_in_a_slave_view_of_the_share() {
+        need_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = std::fs::canonicalize(dir.path()).expect("real");
+        let mk = |p: &Path| std::fs::create_dir_all(p).expect("dir");
+        let self_bind = |p: &Path, propagation: MsFlags| {
+            mount(Some(p), p, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind");
+            mount(None::<&str>, p, None::<&str>, propagation, None::<&str>).expect("prop");
+        };
+        let (src, share, view, staging) = (
+            base.join("src"),
+            base.join("pod/shared"),
+            base.join("view"),
+            base.join("pod/staging"),
+        );
+        for d in [&src.join("sub"), &share, &view, &staging] {
+            mk(d);
+        }
+        // Make the whole test tree private first, so nothing leaks to the host's mounts.
+        self_bind(&base, MsFlags::MS_PRIVATE);
+        self_bind(&src, MsFlags::MS_SHARED);
+        self_bind(&share, MsFlags::MS_SHARED);
+        self_bind(&staging, MsFlags::MS_PRIVATE);
+        mount(
+            Some(&share),
+            &view,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("view");
+        mount(
+            None::<&str>,
+            &view,
+            None::<&str>,
+            MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .expect("slave");
+        let vols = share.join(".volumes");
+        share_volume(
+            &src,
+            &vols.join("p"),
+            &opts(&["rbind", "rprivate"]),
+            &staging,
+        )
+        .expect("private volume");
+        share_volume(&src, &vols.join("s"), &opts(&["rbind", "rslave"]), &staging)
+            .expect("slave volume");
+        mount(
+            Some("tmpfs"),
+            &src.join("sub"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("tmpfs");
+        std::fs::write(src.join("sub/marker"), "x").expect("marker");
+        let seen = |p: &Path| p.join("sub/marker").exists();
+        let views = [
+            seen(&vols.join("p")),
+            seen(&view.join(".volumes/p")),
+            seen(&vols.join("s")),
+            seen(&view.join(".volumes/s")),
+        ];
+        detach_all(&base);
+        assert_eq!(
+            views,
+            [false, false, true, true],
+            "[private in share, private in view, slave in share, slave in view]"
         );
     }
 

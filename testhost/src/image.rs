@@ -1,5 +1,6 @@
-//! The test host's initramfs: busybox, the KVM modules, an init script, the
-//! caller's files (with their shared libraries) and the command to run.
+//! The test host's initramfs: busybox, the KVM and network modules, an init
+//! script, the caller's files (with their shared libraries) and the command to
+//! run.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -81,17 +82,36 @@ pub struct TestHostImage {
     pub kvm_amd_params: String,
 }
 
-/// The init script: mounts, loads KVM, runs the command, reports its status
-/// and resets the machine (QEMU runs with `-no-reboot`, so a reset ends it).
-fn init_script(modules: &[String]) -> String {
-    let insmods: String = modules
+/// Shell lines loading the KVM modules: without them there is nothing to
+/// test, so a failure ends the run.
+fn kvm_insmods(modules: &[String]) -> String {
+    modules
         .iter()
         .map(|m| {
             // Module parameters, if any, come from a file next to the module.
             let params = format!("$(cat /{MODULE_DIR}/{m}.params 2>/dev/null)");
             format!("insmod /{MODULE_DIR}/{m} {params} || fail \"cannot load {m}\"\n")
         })
-        .collect();
+        .collect()
+}
+
+/// Shell lines loading the network modules: a kernel without one of them
+/// still runs the KVM tests, so a failure is only a warning.
+fn net_insmods(modules: &[String]) -> String {
+    modules
+        .iter()
+        .map(|m| {
+            format!("insmod /{MODULE_DIR}/{m} || echo \"husk-testhost: WARN: insmod {m} failed\"\n")
+        })
+        .collect()
+}
+
+/// The init script: mounts, loads KVM (then the network modules), runs the
+/// command, reports its status and resets the machine (QEMU runs with
+/// `-no-reboot`, so a reset ends it).
+fn init_script(kvm_modules: &[String], net_modules: &[String]) -> String {
+    let insmods = kvm_insmods(kvm_modules);
+    let net_insmods = net_insmods(net_modules);
     format!(
         r#"#!/bin/busybox sh
 # Stage 1: move the initramfs onto a real tmpfs mount and switch to it, so
@@ -127,7 +147,7 @@ hostname husk-testhost
 ip link set lo up 2>/dev/null
 {insmods}[ -c /dev/kvm ] || fail "/dev/kvm did not appear after loading kvm-amd"
 grep -q '^kvm_amd ' /proc/modules || fail "kvm_amd is not loaded"
-. /husk-testhost/env
+{net_insmods}. /husk-testhost/env
 cd /root
 (while sleep {HEARTBEAT_PERIOD_S}; do echo {HEARTBEAT_MARKER}; done) &
 echo $! > {HEARTBEAT_PID_FILE}
@@ -137,6 +157,20 @@ sync
 reboot -f
 "#
     )
+}
+
+/// Puts `modules` into the module directory; returns their file names.
+fn add_modules(fs: &mut Initramfs, modules: &[PathBuf]) -> Result<Vec<String>, Error> {
+    let mut names = Vec::new();
+    for module in modules {
+        let name = module
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        fs.host_file(&format!("{MODULE_DIR}/{name}"), module, 0o644)?;
+        names.push(name);
+    }
+    Ok(names)
 }
 
 fn shell_quote(value: &str) -> String {
@@ -159,23 +193,16 @@ impl TestHostImage {
         fs.host_file("bin/busybox", busybox, 0o755)?;
         fs.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
         fs.file("etc/group", "root:x:0:\n", 0o644)?;
-        let mut names = Vec::new();
-        for module in &kernel.modules {
-            let name = module
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            fs.host_file(&format!("{MODULE_DIR}/{name}"), module, 0o644)?;
-            if name == "kvm-amd.ko" && !self.kvm_amd_params.is_empty() {
-                fs.file(
-                    &format!("{MODULE_DIR}/{name}.params"),
-                    self.kvm_amd_params.clone(),
-                    0o644,
-                )?;
-            }
-            names.push(name);
+        let kvm_names = add_modules(&mut fs, &kernel.kvm_modules)?;
+        if kvm_names.iter().any(|n| n == "kvm-amd.ko") && !self.kvm_amd_params.is_empty() {
+            fs.file(
+                &format!("{MODULE_DIR}/kvm-amd.ko.params"),
+                self.kvm_amd_params.clone(),
+                0o644,
+            )?;
         }
-        fs.file("init", init_script(&names), 0o755)?;
+        let net_names = add_modules(&mut fs, &kernel.net_modules)?;
+        fs.file("init", init_script(&kvm_names, &net_names), 0o755)?;
         let env: String = self
             .env
             .iter()
@@ -223,7 +250,8 @@ mod tests {
         std::fs::write(&module, b"module").unwrap();
         let kernel = HostKernel {
             vmlinux: dir.path().join("vmlinux"),
-            modules: vec![module],
+            kvm_modules: vec![module],
+            net_modules: vec![],
         };
         let image = TestHostImage {
             files: vec![
@@ -267,7 +295,8 @@ mod tests {
     fn missing_file_is_an_error() {
         let kernel = HostKernel {
             vmlinux: PathBuf::from("/x"),
-            modules: vec![],
+            kvm_modules: vec![],
+            net_modules: vec![],
         };
         let image = TestHostImage {
             files: vec![HostFile::new("/nonexistent/file", "/f")],
@@ -275,5 +304,50 @@ mod tests {
         };
         let err = image.build(&kernel, Path::new("/bin/busybox")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/file"), "{err}");
+    }
+
+    #[test]
+    fn network_modules_load_after_kvm_amd_and_may_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = HostKernel {
+            vmlinux: dir.path().join("vmlinux"),
+            kvm_modules: ["kvm.ko", "kvm-amd.ko"]
+                .map(|m| dir.path().join(m))
+                .to_vec(),
+            net_modules: ["llc.ko", "stp.ko", "bridge.ko"]
+                .map(|m| dir.path().join(m))
+                .to_vec(),
+        };
+        for m in kernel.kvm_modules.iter().chain(&kernel.net_modules) {
+            std::fs::write(m, b"module").unwrap();
+        }
+        let fs = TestHostImage::default()
+            .build(&kernel, Path::new("/bin/busybox"))
+            .unwrap();
+        let entries = fs.entries();
+        let find = |p: &str| entries.iter().find(|e| e.path == p);
+        assert!(find("lib/husk-testhost/bridge.ko").is_some());
+        let script = String::from_utf8_lossy(&find("init").unwrap().data).into_owned();
+        let at = |needle: &str| script.find(needle).unwrap_or_else(|| panic!("{needle}"));
+        let kvm_amd = at("insmod /lib/husk-testhost/kvm-amd.ko");
+        let (llc, stp, bridge) = (
+            at("insmod /lib/husk-testhost/llc.ko"),
+            at("insmod /lib/husk-testhost/stp.ko"),
+            at("insmod /lib/husk-testhost/bridge.ko"),
+        );
+        assert!(kvm_amd < llc && llc < stp && stp < bridge, "{script}");
+        // The bridge line, run with an insmod that fails, warns and goes on.
+        let line = script[bridge..].lines().next().unwrap();
+        assert!(!line.contains("|| fail "), "{line}");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("insmod() {{ return 1; }}\n{line}\necho went-on"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "husk-testhost: WARN: insmod bridge.ko failed\nwent-on\n"
+        );
     }
 }

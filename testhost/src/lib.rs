@@ -4,7 +4,8 @@
 //!
 //! QEMU's TCG emulates AMD SVM with nested paging under `-cpu max`. The test
 //! host boots Debian's cloud kernel, loads `kvm.ko` and `kvm-amd.ko` from the
-//! same package, and runs one shell command with the files a caller asked
+//! same package (then, not fatally, the bridge, veth and netfilter modules a
+//! container runtime's CNI plugins need), and runs one shell command with the files a caller asked
 //! for (and their shared-library closure) in its initramfs. Its console is
 //! streamed to the caller; the command's exit status comes back as the
 //! result. The QEMU process is always killed when the run ends, a timeout
@@ -16,6 +17,7 @@
 pub mod closure;
 pub mod host_kernel;
 pub mod image;
+pub mod module_deps;
 pub mod qemu;
 
 pub use image::{HostFile, TestHostImage};

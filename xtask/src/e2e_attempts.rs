@@ -9,8 +9,11 @@
 //! so each fault is attributed to the test in whose output it appeared (or
 //! that was running when the host wedged or died), and only those tests, and
 //! the ones the dead host never reached, run again. A test that failed with no
-//! fault of its own fails the run at once; a test that passed is kept, fault
-//! or not (the fault is still counted).
+//! fault of its own fails the run at once, unless an earlier test of the same
+//! attempt faulted: a fault can leave the host in a state no later test
+//! expects (a guest that triple-faulted mid-call leaves its pod behind), so
+//! those run again in a fresh host too, and fail the run if they fail there.
+//! A test that passed is kept, fault or not (the fault is still counted).
 
 pub mod fault;
 pub mod script;
@@ -127,11 +130,34 @@ impl Attempt {
             .filter(move |f| f.test.as_deref() == test)
     }
 
-    /// Tests that failed with no fault of their own.
+    /// Tests that failed with no fault of their own, before any test of this
+    /// attempt faulted.
     pub fn real_failures(&self) -> impl Iterator<Item = &String> {
+        let first_fault = self.first_faulted_test();
+        self.failed.iter().filter(move |t| {
+            self.faults_of(Some(t.as_str())).next().is_none()
+                && first_fault.is_none_or(|at| self.started_at(t).is_some_and(|i| i < at))
+        })
+    }
+
+    /// Tests that failed with no fault of their own after an earlier test of this
+    /// attempt faulted: they run again in a fresh host.
+    pub fn tainted_failures(&self) -> impl Iterator<Item = &String> {
+        let real: BTreeSet<&String> = self.real_failures().collect();
         self.failed
             .iter()
-            .filter(|t| self.faults_of(Some(t.as_str())).next().is_none())
+            .filter(move |t| self.faults_of(Some(t.as_str())).next().is_none() && !real.contains(t))
+    }
+
+    /// Where in [`Attempt::started`] the first test with a fault of its own is.
+    fn first_faulted_test(&self) -> Option<usize> {
+        self.started
+            .iter()
+            .position(|t| self.faults_of(Some(t.as_str())).next().is_some())
+    }
+
+    fn started_at(&self, test: &str) -> Option<usize> {
+        self.started.iter().position(|t| t == test)
     }
 
     fn add_fault(&mut self, kind: FaultKind, line: &str) {
@@ -261,19 +287,56 @@ mod tests {
             HostEnd::Exited(1),
         );
         assert_eq!(next(1, &a), Next::Failed);
-        // Another test's fault earns this one nothing.
+        // A later test's fault earns this one nothing.
         let b = attempt(
             &[
+                "== shim_e2e::oom",
+                "xtask-failed shim_e2e::oom",
                 "== vmm_e2e::boots",
                 OOPS,
                 "xtask-failed vmm_e2e::boots",
-                "== shim_e2e::oom",
-                "xtask-failed shim_e2e::oom",
             ],
             HostEnd::Exited(1),
         );
         assert_eq!(b.real_failures().collect::<Vec<_>>(), ["shim_e2e::oom"]);
         assert_eq!(next(1, &b), Next::Failed);
+    }
+
+    #[test]
+    fn a_failure_after_an_earlier_tests_fault_runs_again_one_before_it_does_not() {
+        let after = attempt(
+            &[
+                "== b::first",
+                "xtask-passed b::first",
+                "== b::faulted",
+                TRIPLE,
+                "xtask-failed b::faulted",
+                "== b::later",
+                "xtask-failed b::later",
+            ],
+            HostEnd::Exited(1),
+        );
+        assert_eq!(after.real_failures().count(), 0);
+        assert_eq!(
+            after.tainted_failures().collect::<Vec<_>>(),
+            vec!["b::later"]
+        );
+        assert_eq!(next(1, &after), Next::Retry);
+        let before = attempt(
+            &[
+                "== b::earlier",
+                "xtask-failed b::earlier",
+                "== b::faulted",
+                TRIPLE,
+                "xtask-failed b::faulted",
+            ],
+            HostEnd::Exited(1),
+        );
+        assert_eq!(
+            before.real_failures().collect::<Vec<_>>(),
+            vec!["b::earlier"]
+        );
+        assert_eq!(next(1, &before), Next::Failed);
     }
 
     #[test]

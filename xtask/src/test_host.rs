@@ -172,6 +172,13 @@ pub(crate) fn report(attempt_no: usize, attempt: &Attempt, next: &Next, rerun: &
         ));
     }
     eprintln!("{text}");
+    let tainted: Vec<&str> = attempt.tainted_failures().map(String::as_str).collect();
+    if !tainted.is_empty() {
+        eprintln!(
+            "xtask: failed after an earlier test's fault (the host may be left dirty), so run              again in a fresh test host: {}",
+            tainted.join(", ")
+        );
+    }
     let real: Vec<&str> = attempt.real_failures().map(String::as_str).collect();
     if !real.is_empty() {
         eprintln!(
