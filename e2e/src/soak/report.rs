@@ -348,8 +348,12 @@ impl Report {
         out
     }
 
-    /// The figures as JSON (see the lead's note for the shape; every figure is also in
-    /// the table).
+    /// The figures as JSON, one object: `plan` {cycles, parallel, cri}, `done`, `wall_s`,
+    /// `cycles_per_min`, `cycle_ms` and `cycle_ms_by_kind.{ctr,cri}` {count, median, p99,
+    /// min, max}, `containerd` {`rss_kib` and `fds` {start, after_warmup, end, growth},
+    /// `rss_trend_kib_per_100`, `rss_growth_limit_kib`, `fd_rise`, `fd_rise_allowed`,
+    /// `fd_trend_per_100`}, `shim` {`first`, `last` {rss_kib, fds}, `max_live`},
+    /// `passed`, `failures` [text]. Figures not measured are `null`.
     pub fn json(&self) -> Value {
         let times = |t: &Times| json!({"count": t.count, "median": t.median, "p99": t.p99, "min": t.min, "max": t.max});
         let growth = |g: &Growth| {
