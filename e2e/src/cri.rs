@@ -25,6 +25,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use k8s_cri::v1 as api;
 
+pub mod setup;
+
 /// Errors of CRI calls.
 #[derive(Debug, thiserror::Error)]
 pub enum CriError {

@@ -17,6 +17,7 @@ pub mod containerd;
 pub mod cri;
 pub mod leftovers;
 pub mod oci_image;
+pub mod soak;
 
 /// Environment variable: the guest `vmlinux`.
 pub const ENV_KERNEL: &str = "HUSK_KERNEL";

@@ -34,6 +34,9 @@ use husk_e2e::cri::api::{
     LinuxSandboxSecurityContext, Mount, MountPropagation, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata,
 };
+use husk_e2e::cri::setup::{
+    self, cri_config, ensure_node_files, import_pause_image, write_cni_config, PAUSE_IMAGE,
+};
 use husk_e2e::cri::{CriClient, CriError};
 use husk_e2e::oci_image::{self, ImageSpec};
 use husk_e2e::{wait_until, TestEnv};
@@ -42,8 +45,6 @@ use husk_e2e::{wait_until, TestEnv};
 const HANDLER: &str = "husk";
 /// The handlers every comparison runs under: husk, and runc as the reference.
 const HANDLERS: [&str; 2] = [HANDLER, "runc"];
-/// The locally built pause image, the CRI plugin's `sandbox_image`.
-const PAUSE_IMAGE: &str = "registry.k8s.io/pause:husk";
 /// A busybox image with Debian's iptables (legacy and nft) added.
 const IPTABLES_IMAGE: &str = "docker.io/library/husk-iptables:husk";
 /// Longest one CRI call may take (nested VMs under TCG are slow).
@@ -56,103 +57,11 @@ const SEEN_WITHIN: Duration = Duration::from_secs(120);
 const POD_HOSTNAME: &str = "husk-pod";
 /// Guest memory the pod asks for with `io.husk.memory_mib` (the husk default is 256).
 const POD_MEMORY_MIB: u64 = 320;
-/// Where Debian's CNI plugins are (in the test host too).
-const CNI_BIN_DIR: &str = "/usr/lib/cni";
-
-/// The pods' CNI network list (see the module docs for why `static` follows `loopback`).
-const CNI_CONFLIST: &str = r#"{
-  "cniVersion": "0.4.0",
-  "name": "husk-e2e",
-  "plugins": [
-    {"type": "loopback"},
-    {"type": "static", "ipam": {"type": "static", "addresses": [{"address": "192.0.2.2/24"}]}}
-  ]
-}
-"#;
-
-/// containerd's CRI plugin section: husk as runtime `husk`, runc the default,
-/// CNI from [`CNI_BIN_DIR`] and `<work>/cni/net.d`.
-fn cri_config(work: &Path) -> String {
-    format!(
-        r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "native"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]
-      runtime_type = "io.containerd.husk.v2"
-      pod_annotations = ["io.husk.*"]
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{conf}"
-"#,
-        conf = work.join("cni/net.d").display()
-    )
-}
-
-/// CRI copies the node's /etc/hosts and /etc/resolv.conf into every pod; the
-/// bare test host has neither, so they are written when missing.
-fn ensure_node_files() {
-    for (path, text) in [
-        ("/etc/hosts", "127.0.0.1 localhost\n"),
-        ("/etc/resolv.conf", "nameserver 127.0.0.1\n"),
-    ] {
-        if !Path::new(path).exists() {
-            std::fs::write(path, text).unwrap_or_else(|e| panic!("write {path}: {e}"));
-        }
-    }
-}
-
-/// Writes the CNI config under `work` and checks that the plugins it names are there.
-fn write_cni_config(work: &Path) {
-    for plugin in ["loopback", "static"] {
-        let path = Path::new(CNI_BIN_DIR).join(plugin);
-        assert!(
-            path.is_file(),
-            "CNI plugin {} is missing: apt-get install containernetworking-plugins \
-             (xtask packs it into the test host)",
-            path.display()
-        );
-    }
-    let dir = work.join("cni/net.d");
-    std::fs::create_dir_all(&dir).expect("CNI conf dir");
-    std::fs::write(dir.join("10-husk-e2e.conflist"), CNI_CONFLIST).expect("CNI config");
-}
-
-/// Builds the pause image (the static `husk-pause` as `/pause`) and imports it.
-fn import_pause_image(d: &Containerd) {
-    let rootfs = d.opts.work.join("pause/rootfs");
-    std::fs::create_dir_all(rootfs.join("etc")).expect("pause rootfs");
-    std::fs::copy(d.artifacts.bin("husk-pause"), rootfs.join("pause")).expect("copy husk-pause");
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/pause\n").expect("passwd");
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
-    d.import(&ImageSpec {
-        name: PAUSE_IMAGE.into(),
-        rootfs,
-        entrypoint: vec!["/pause".into()],
-        cmd: vec![],
-    });
-}
-
 /// Waits until the CRI plugin knows image `reference` (it learns imports by events).
 fn wait_for_image(d: &Containerd, cri: &CriClient, reference: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = None;
-    let seen = wait_until(deadline, || match cri.image_status(reference) {
-        Ok(image) => image.is_some(),
-        Err(e) => {
-            last = Some(e.to_string());
-            false
-        }
-    });
-    assert!(
-        seen,
-        "CRI never saw image {reference} (last error {last:?})\n{}",
-        why(d)
-    );
+    if let Err(e) = setup::wait_for_image(cri, reference, Duration::from_secs(60)) {
+        panic!("{e}\n{}", why(d));
+    }
 }
 
 /// containerd's warnings and errors and the pods' logs: why a step failed.

@@ -18,6 +18,7 @@ pub const BINARIES: &[(&str, &str)] = &[
     ("husk-e2e", "husk-guest-probe"),
     ("husk-e2e", "husk-pause"),
     ("husk-e2e", "husk-demo"),
+    ("husk-e2e", "husk-soak"),
     ("husk-bench", "husk-bench"),
 ];
 

@@ -7,6 +7,7 @@ mod deps;
 mod e2e;
 mod e2e_attempts;
 mod install;
+mod soak;
 mod test_host;
 
 use std::path::PathBuf;
@@ -52,6 +53,20 @@ enum Cmd {
         #[arg(long)]
         boot_only: bool,
     },
+    /// Soaks husk: create/start/exec/kill/delete cycles through containerd, a leftovers
+    /// check after each, containerd's and the shims' memory and fds watched for growth
+    /// (inside the test host where needed; JSON in target/husk/soak.json).
+    Soak {
+        /// Cycles in all.
+        #[arg(long, default_value_t = 30)]
+        cycles: usize,
+        /// Workers running cycles at once.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        /// Alternate ctr cycles with CRI pod cycles.
+        #[arg(long)]
+        cri: bool,
+    },
     /// Builds everything and installs the shim, the VMM, virtiofsd, the guest kernel and initramfs.
     Install {
         /// Binaries go to PREFIX/bin.
@@ -82,6 +97,17 @@ fn main() -> ExitCode {
             runs,
             alt_kernels,
             boot_only,
+        }),
+        Cmd::Soak {
+            cycles,
+            parallel,
+            cri,
+        } => deps::ensure().and_then(|()| {
+            soak::run(&soak::Options {
+                cycles,
+                parallel,
+                cri,
+            })
         }),
         Cmd::Install { prefix, share_dir } => install::run(&prefix, &share_dir),
     };
