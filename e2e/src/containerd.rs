@@ -76,6 +76,33 @@ impl Drop for Containerd {
     }
 }
 
+/// Starts the containerd daemon with config `cfg`, logging (appending) to `work`'s
+/// containerd.log; the shims it starts find husk's binaries in `path` and read
+/// `husk_config`.
+fn spawn_daemon(
+    containerd: &Path,
+    cfg: &Path,
+    path: &str,
+    husk_config: &Path,
+    work: &Path,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(work.join("containerd.log"))
+        .expect("log");
+    Command::new(containerd)
+        .arg("--config")
+        .arg(cfg)
+        .env("PATH", path)
+        .env("HUSK_CONFIG", husk_config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start containerd")
+}
+
 fn containerd_toml(opts: &Options, socket: &Path) -> String {
     let mut disabled = vec![
         "io.containerd.snapshotter.v1.btrfs",
@@ -118,17 +145,7 @@ impl Containerd {
             artifacts.bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let log = std::fs::File::create(opts.work.join("containerd.log")).expect("log");
-        let child = Command::new(containerd)
-            .arg("--config")
-            .arg(&cfg)
-            .env("PATH", path)
-            .env("HUSK_CONFIG", &husk_config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let child = spawn_daemon(&containerd, &cfg, &path, &husk_config, &opts.work);
         let d = Self {
             opts,
             artifacts,
@@ -137,11 +154,7 @@ impl Containerd {
             child,
         };
         d.write_husk_config(&d.artifacts.kernel.clone());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !d.socket.exists() {
-            assert!(Instant::now() < deadline, "containerd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        d.wait_for_socket();
         let rootfs = d.opts.work.join("busybox/rootfs");
         let busybox = [d.artifacts.bin("busybox"), PathBuf::from("/bin/busybox")]
             .into_iter()
@@ -155,6 +168,37 @@ impl Containerd {
             cmd: vec!["sh".into()],
         });
         d
+    }
+
+    fn wait_for_socket(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops containerd (SIGTERM, as `systemctl restart` does) and starts it again with
+    /// the same configuration; the shims it started keep running meanwhile.
+    pub fn restart(&mut self) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        let containerd = which("containerd").expect("containerd is not in PATH");
+        let path = format!(
+            "{}:{}",
+            self.artifacts.bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        self.child = spawn_daemon(
+            &containerd,
+            &self.opts.work.join("containerd.toml"),
+            &path,
+            &self.husk_config,
+            &self.opts.work,
+        );
+        self.wait_for_socket();
     }
 
     /// (Re)writes the husk config the shims read, with `kernel` as the guest kernel.
@@ -231,10 +275,29 @@ impl Containerd {
 
     /// `ctr run -d --runtime <husk> busybox <id> <cmd>`, then waits until the task runs.
     pub fn run_detached(&self, id: &str, cmd: &[&str]) {
-        let mut args = vec!["run", "-d", "--runtime", HUSK_RUNTIME, BUSYBOX_IMAGE, id];
+        self.run_detached_with(id, &[], cmd);
+    }
+
+    /// [`Self::run_detached`] with more `ctr run` options (`--mount ...`, `--privileged`).
+    pub fn run_detached_with(&self, id: &str, extra: &[&str], cmd: &[&str]) {
+        let mut args = vec!["run", "-d", "--runtime", HUSK_RUNTIME];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[BUSYBOX_IMAGE, id]);
         args.extend_from_slice(cmd);
         self.ctr_ok(&args);
         self.wait_status(id, "RUNNING");
+    }
+
+    /// `(stdout, stderr, exit code)` of `ctr task exec --exec-id <exec_id> <id> <cmd>`.
+    pub fn exec(&self, id: &str, exec_id: &str, cmd: &[&str]) -> (String, String, Option<i32>) {
+        let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
+        args.extend_from_slice(cmd);
+        let out = self.ctr(&args);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.status.code(),
+        )
     }
 
     /// A failed command's output with the end of containerd's log, the pods'

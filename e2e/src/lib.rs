@@ -17,6 +17,7 @@ pub mod containerd;
 pub mod cri;
 pub mod leftovers;
 pub mod oci_image;
+pub mod pods;
 pub mod soak;
 
 /// Environment variable: the guest `vmlinux`.

@@ -10,9 +10,8 @@ use husk_lock::MutexExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use husk_e2e::containerd::{
-    Containerd, Options, BUSYBOX_IMAGE as IMAGE, HUSK_RUNTIME as RUNTIME, HUSK_STATE_DIR,
-};
+use husk_e2e::containerd::{Containerd, Options};
+use husk_e2e::pods::{pod_dir, processes_of};
 use husk_e2e::Artifacts;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -31,18 +30,9 @@ fn daemon() -> (&'static Containerd, MutexGuard<'static, ()>) {
     (d, guard)
 }
 
-/// The pod directory of container `id` (a `ctr run` container is its own pod).
-fn pod_dir(d: &Containerd, id: &str) -> PathBuf {
-    Path::new(HUSK_STATE_DIR).join(&d.opts.namespace).join(id)
-}
-
 /// `ctr run -d` of a `sleep` with `extra` ctr options, waiting until it runs.
 fn run_sleeper(d: &Containerd, id: &str, extra: &[&str]) {
-    let mut args = vec!["run", "-d", "--runtime", RUNTIME];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[IMAGE, id, "sleep", "600"]);
-    d.ctr_ok(&args);
-    d.wait_status(id, "RUNNING");
+    d.run_detached_with(id, extra, &["sleep", "600"]);
 }
 
 /// Kills and removes container `id`, then checks nothing of husk is left.
@@ -54,39 +44,8 @@ fn remove(d: &Containerd, id: &str) {
     d.assert_nothing_left(&format!("after {id}"));
 }
 
-/// `(stdout, stderr, exit code)` of `ctr task exec` in `id`.
 fn exec(d: &Containerd, id: &str, exec_id: &str, cmd: &[&str]) -> (String, String, Option<i32>) {
-    let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
-    args.extend_from_slice(cmd);
-    let out = d.ctr(&args);
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code(),
-    )
-}
-
-/// Host processes whose argv\[0\] ends with `binary` and whose arguments mention `dir`.
-fn processes_of(binary: &str, dir: &Path) -> Vec<u32> {
-    let dir = dir.display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is = args.first().is_some_and(|a| a.ends_with(binary));
-        if is && args.iter().skip(1).any(|a| a.contains(&dir)) {
-            out.push(pid);
-        }
-    }
-    out
+    d.exec(id, exec_id, cmd)
 }
 
 /// The mountinfo lines of the host whose mount point lies below `dir`.

@@ -87,7 +87,9 @@ fn main() -> ExitCode {
         Cmd::E2e { filter, test_args } => e2e::run(filter.as_deref(), &test_args),
         Cmd::Test => deps::ensure()
             .and_then(|()| e2e::unit_tests())
-            .and_then(|ok| Ok(e2e::run(None, &[])? && ok)),
+            .and_then(|ok| Ok(e2e::run(None, &[])? && ok))
+            // The short soak: create/exec/kill/delete cycles with a leftovers check each.
+            .and_then(|ok| Ok(soak::ci()? && ok)),
         Cmd::Demo => deps::ensure().and_then(|()| e2e::demo()),
         Cmd::Bench {
             runs,

@@ -68,7 +68,6 @@ impl Options {
 
 /// The short CI soak ([`Options::CI`]); what `cargo xtask test` calls after the
 /// end-to-end tests.
-#[allow(dead_code)] // until `Cmd::Test` calls it
 pub fn ci() -> Result<bool> {
     run(&Options::CI)
 }
