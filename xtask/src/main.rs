@@ -34,8 +34,8 @@ enum Cmd {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
-    /// Everything: the workspace's unit and integration tests, then the end-to-end tests
-    /// (installs the dependencies first where some are missing).
+    /// Everything: the workspace's unit and integration tests, the end-to-end tests, then
+    /// a short soak (installs the dependencies first where some are missing).
     Test,
     /// Builds everything and runs a container in a husk VM through containerd (inside the
     /// test host where needed; installs the dependencies first where some are missing).
