@@ -33,3 +33,6 @@ pub use config::{ConfigError, FsConfig, SerialOutput, VmConfig, VsockConfig};
 pub use exit::VmmExit;
 pub use metrics::{Metrics, VcpuExits};
 pub use protocol::{Request, Response, VmState, API_VERSION};
+
+#[cfg(test)]
+mod protocol_props;

@@ -127,8 +127,13 @@ struct Probe {
 }
 
 /// Parses a request line (without its newline). The error is the message for the error
-/// reply: a bad line, a missing or unknown command, or an unsupported version.
+/// reply: a bad line, a missing or unknown command, or an unsupported version, bounded by
+/// [`MAX_ERROR_LEN`].
 pub fn decode_request(line: &str) -> Result<Request, String> {
+    parse_request(line).map_err(bounded)
+}
+
+fn parse_request(line: &str) -> Result<Request, String> {
     let probe: Probe = serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
     if probe.v != API_VERSION {
         return Err(format!(
@@ -142,6 +147,26 @@ pub fn decode_request(line: &str) -> Result<Request, String> {
     serde_json::from_str::<RequestEnvelope>(line)
         .map(|env| env.request)
         .map_err(|_| format!("unknown command {cmd:?}"))
+}
+
+/// Longest error message, in bytes, that [`decode_request`] returns. The messages quote
+/// parts of the request, escaped, and the reply escapes them again: unbounded, the reply
+/// to a line that fits [`crate::framing::MAX_LINE`] could itself exceed it, and the client
+/// would read a framing error instead of the reason. Even if every byte became a 6-byte
+/// JSON escape, this many fit in a reply line.
+pub const MAX_ERROR_LEN: usize = 512;
+
+/// `msg`, cut at a character boundary to at most [`MAX_ERROR_LEN`] bytes.
+fn bounded(mut msg: String) -> String {
+    if msg.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN - "...".len();
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        msg.truncate(end);
+        msg.push_str("...");
+    }
+    msg
 }
 
 /// The line (with its newline) that sends `request`.
@@ -212,6 +237,27 @@ mod tests {
         );
         // The version may be left out.
         assert_eq!(decode_request(r#"{"cmd":"pause"}"#), Ok(Request::Pause));
+    }
+
+    /// A request whose command or version is a long string of quotes or unprintable
+    /// characters made an error reply longer than a frame (the `vmm_api` fuzz target checks
+    /// this for any line).
+    #[test]
+    fn error_replies_to_long_lines_fit_in_a_frame() {
+        use crate::framing::MAX_LINE;
+        let quotes = "\\\"".repeat(1000);
+        let unprintable = "\u{10ffff}".repeat(900);
+        for line in [
+            format!(r#"{{"cmd":"{quotes}"}}"#),
+            format!(r#"{{"v":"{quotes}","cmd":"ping"}}"#),
+            format!(r#"{{"cmd":"{unprintable}"}}"#),
+        ] {
+            assert!(line.len() < MAX_LINE, "{}", line.len());
+            let msg = decode_request(&line).expect_err("refused");
+            assert!(msg.len() <= MAX_ERROR_LEN, "{}", msg.len());
+            let reply = encode_response(Response::error(msg));
+            assert!(reply.len() <= MAX_LINE, "reply of {} bytes", reply.len());
+        }
     }
 
     #[test]

@@ -7,8 +7,13 @@ use oci_spec::runtime::Spec;
 use super::SetupError;
 
 /// The /proc/sys path of a sysctl key ("net.ipv4.ip_forward"), refusing path tricks.
+///
+/// Every dot-separated part must be a plain, non-empty name: a leading dot would make the
+/// path absolute (`".etc.passwd"` is `/etc/passwd`, which `join` puts in place of
+/// /proc/sys), and a trailing one would name a directory.
 pub fn path_of(key: &str) -> Result<PathBuf, SetupError> {
-    if key.is_empty() || key.contains("..") || key.contains('/') {
+    let plain = |part: &str| !part.is_empty() && !part.contains(['/', '\0']);
+    if !key.split('.').all(plain) {
         return Err(SetupError::Invalid(format!("sysctl {key:?}")));
     }
     Ok(PathBuf::from("/proc/sys").join(key.replace('.', "/")))
@@ -39,6 +44,19 @@ mod tests {
             assert!(
                 matches!(&err, SetupError::Invalid(m) if *m == format!("sysctl {bad:?}")),
                 "{bad:?}: {err}"
+            );
+        }
+    }
+
+    /// A key with a leading dot mapped outside /proc/sys (`join` of an absolute path replaces
+    /// the base); the `agent_spec` fuzz target checks the property for any key.
+    #[test]
+    fn keys_with_empty_parts_are_refused() {
+        for bad in [".etc.passwd", ".", "kernel.", "kernel..x", "net.ipv4\0.x"] {
+            assert!(
+                matches!(path_of(bad), Err(SetupError::Invalid(_))),
+                "{bad:?} maps to {:?}",
+                path_of(bad)
             );
         }
     }

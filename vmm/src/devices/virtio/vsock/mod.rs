@@ -8,6 +8,8 @@ pub mod csm;
 pub mod device;
 pub mod event_handler;
 pub mod packet;
+#[cfg(test)]
+mod packet_props;
 pub mod unix;
 
 use std::os::fd::AsRawFd;

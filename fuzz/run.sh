@@ -1,0 +1,85 @@
+#!/bin/sh
+# Builds husk's fuzz targets with libFuzzer's coverage instrumentation on stable Rust and
+# runs them.
+#
+#   fuzz/run.sh TARGET SECONDS   fuzz one target; new inputs go to fuzz/artifacts/corpus/TARGET,
+#                                the committed seeds in fuzz/corpus/TARGET are read too
+#   fuzz/run.sh --ci [SECONDS]   every target for SECONDS (default 20) on its committed corpus
+#                                only; fails on the first crash
+#   fuzz/run.sh --build          build every target
+#   fuzz/run.sh --list           the targets
+#
+# Needs a C++ compiler (libfuzzer-sys builds libFuzzer; Debian: g++) and what the
+# workspace needs (libseccomp-dev for the agent). CARGO_TARGET_DIR is honoured.
+#
+# The flags are what cargo-fuzz passes, minus its nightly-only sanitizer flags: coverage
+# counters, the PC table and comparison tracing make the search coverage-guided; the
+# explicit --target keeps them off build scripts and proc macros, which do not link
+# libFuzzer.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+triple=$(rustc -vV | sed -n 's/^host: //p')
+targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^husk-fuzz$')
+
+build() {
+    RUSTFLAGS="${RUSTFLAGS:-} -Cpasses=sancov-module \
+-Cllvm-args=-sanitizer-coverage-level=3 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+-Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares \
+--cfg fuzzing" \
+        cargo build --locked --profile fuzz --target "$triple" --bins "$@"
+}
+
+bin_dir() {
+    echo "${CARGO_TARGET_DIR:-$here/target}/$triple/fuzz"
+}
+
+# run TARGET SECONDS WORK_CORPUS: fuzz, reading WORK_CORPUS and the committed seeds.
+run() {
+    # libFuzzer reads 0 as "no limit".
+    [ "$2" -gt 0 ] || { echo "SECONDS must be at least 1" >&2; exit 2; }
+    mkdir -p "$3" "$here/artifacts/$1"
+    seeds="$here/corpus/$1"
+    [ -d "$seeds" ] || seeds=
+    "$(bin_dir)/$1" -max_total_time="$2" -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="$here/artifacts/$1/" -print_final_stats=1 \
+        "$3" $seeds
+}
+
+case "${1:-}" in
+--build)
+    build
+    ;;
+--list)
+    echo "$targets"
+    ;;
+--ci)
+    secs=${2:-20}
+    build
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    for t in $targets; do
+        echo "== $t ($secs s)"
+        run "$t" "$secs" "$work/$t" 2>&1 | grep -E 'INITED|DONE|stat::number_of_executed_units|panicked|ERROR|SUMMARY|Test unit written' || true
+        # libFuzzer writes crash-*, leak-*, timeout-* or oom-* when a run fails.
+        if ls "$here/artifacts/$t"/crash-* "$here/artifacts/$t"/timeout-* \
+            "$here/artifacts/$t"/oom-* >/dev/null 2>&1; then
+            echo "fuzz target $t failed; inputs in $here/artifacts/$t" >&2
+            exit 1
+        fi
+    done
+    ;;
+'' | -*)
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+*)
+    t=$1
+    secs=${2:-600}
+    build --bin "$t"
+    run "$t" "$secs" "$here/artifacts/corpus/$t"
+    ;;
+esac
