@@ -3,8 +3,10 @@
 //! directory, Debian's `containerd` and `ctr`, the native snapshotter (the
 //! test host has no overlay module) and a local busybox image.
 
+use husk_lock::MutexExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cmd::{output_within, sh, which};
@@ -53,6 +55,23 @@ impl Options {
             extra_config: String::new(),
         }
     }
+}
+
+/// Runs the tests of one test binary one after another (they share one containerd and
+/// look at the whole host for leftovers).
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The test binary's private containerd, started by the first test that asks (work
+/// directory `<HUSK_WORK_DIR>/<name>`, default [`Options`]), and the [`SERIAL`] guard.
+pub fn shared(name: &str) -> (&'static Containerd, MutexGuard<'static, ()>) {
+    static D: OnceLock<Containerd> = OnceLock::new();
+    let guard = SERIAL.locked();
+    let d = D.get_or_init(|| {
+        let artifacts = Artifacts::from_env();
+        let work = artifacts.work_dir.join(name);
+        Containerd::start(artifacts, Options::new(work))
+    });
+    (d, guard)
 }
 
 /// A running private containerd; killed when dropped.

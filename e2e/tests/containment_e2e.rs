@@ -6,28 +6,17 @@
 //! host enforces: the host-side mount options of a volume, husk-vmm's seccomp, capabilities
 //! and mount namespace, virtiofsd's root.
 
-use husk_lock::MutexExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::MutexGuard;
 
-use husk_e2e::containerd::{Containerd, Options};
+use husk_e2e::containerd::Containerd;
 use husk_e2e::pods::{pod_dir, processes_of};
-use husk_e2e::Artifacts;
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The virtio-fs tag of the pod share (the shim's `SHARE_TAG`).
 const SHARE_TAG: &str = "husk-share";
 
 fn daemon() -> (&'static Containerd, MutexGuard<'static, ()>) {
-    static D: OnceLock<Containerd> = OnceLock::new();
-    let guard = SERIAL.locked();
-    let d = D.get_or_init(|| {
-        let artifacts = Artifacts::from_env();
-        let work = artifacts.work_dir.join("containment");
-        Containerd::start(artifacts, Options::new(work))
-    });
-    (d, guard)
+    husk_e2e::containerd::shared("containment")
 }
 
 /// `ctr run -d` of a `sleep` with `extra` ctr options, waiting until it runs.

@@ -6,7 +6,7 @@
 
 use husk_lock::MutexExt;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use husk_e2e::containerd::{Containerd, Options, BUSYBOX_IMAGE, HUSK_RUNTIME};
@@ -22,16 +22,8 @@ const LOST: i32 = 255;
 /// test host.
 const NOTICED_WITHIN: Duration = Duration::from_secs(90);
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
 fn daemon() -> (&'static Containerd, MutexGuard<'static, ()>) {
-    static D: OnceLock<Containerd> = OnceLock::new();
-    let guard = SERIAL.locked();
-    let d = D.get_or_init(|| {
-        let artifacts = Artifacts::from_env();
-        Containerd::start(artifacts, Options::new(artifacts_work("faults")))
-    });
-    (d, guard)
+    husk_e2e::containerd::shared("faults")
 }
 
 fn artifacts_work(name: &str) -> std::path::PathBuf {
@@ -212,7 +204,7 @@ fn faults_husk_vmm_killed_during_create() {
 /// exec, kill and delete work (the shim kept serving on its socket).
 #[test]
 fn faults_containerd_restarted() {
-    let _g = SERIAL.locked();
+    let _g = husk_e2e::containerd::SERIAL.locked();
     let mut d = Containerd::start(
         Artifacts::from_env(),
         Options::new(artifacts_work("faults-restart")),

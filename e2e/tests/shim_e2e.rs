@@ -5,34 +5,22 @@
 //! OCI image built here from /bin/busybox, with `ctr run --runtime io.containerd.husk.v2`.
 //! Each container gets its own husk VM. Run with `cargo xtask e2e shim`.
 
-use husk_lock::MutexExt;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::mpsc::Receiver;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use husk_e2e::cmd::{output_within, sh, which};
 use husk_e2e::containerd::{
-    Containerd, Options, BUSYBOX_IMAGE as IMAGE, CTR_TIMEOUT, HUSK_RUNTIME as RUNTIME,
+    Containerd, BUSYBOX_IMAGE as IMAGE, CTR_TIMEOUT, HUSK_RUNTIME as RUNTIME,
 };
-use husk_e2e::{wait_until, Artifacts};
+use husk_e2e::wait_until;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// The shared private containerd (started by the first test) and the lock
-/// that runs the tests one after another.
 fn daemon() -> (&'static Containerd, MutexGuard<'static, ()>) {
-    static D: OnceLock<Containerd> = OnceLock::new();
-    let guard = SERIAL.locked();
-    let d = D.get_or_init(|| {
-        let artifacts = Artifacts::from_env();
-        let work = artifacts.work_dir.join("shim");
-        Containerd::start(artifacts, Options::new(work))
-    });
-    (d, guard)
+    husk_e2e::containerd::shared("shim")
 }
 
 #[test]

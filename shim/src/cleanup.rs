@@ -161,15 +161,8 @@ fn remove_below(dir: &Path, dev: u64, crossed: &mut Option<PathBuf>) -> Result<b
 #[cfg(test)]
 mod root_tests {
     use super::*;
+    use crate::testing::need_root;
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
-
-    fn need_root() {
-        let euid = nix::unistd::geteuid();
-        assert!(
-            euid.is_root(),
-            "this test mounts tmpfs: needs root, euid is {euid}"
-        );
-    }
 
     fn tmpfs(target: &Path) {
         std::fs::create_dir_all(target).expect("mount point");
@@ -190,7 +183,7 @@ mod root_tests {
 
     #[test]
     fn state_dir_through_a_symlink_is_unmounted_then_removed() {
-        need_root();
+        need_root("mounts tmpfs");
         let base = tempfile::tempdir().expect("tempdir");
         let real = base.path().join("run");
         std::fs::create_dir_all(&real).expect("real dir");
@@ -214,7 +207,7 @@ mod root_tests {
 
     #[test]
     fn a_mount_that_stays_keeps_every_file() {
-        need_root();
+        need_root("mounts tmpfs");
         let base = tempfile::tempdir().expect("tempdir");
         let pod = base.path().join("pod");
         let mnt = pod.join("shared/c1/mounts/0");
@@ -232,7 +225,7 @@ mod root_tests {
 
     #[test]
     fn the_walker_never_crosses_into_another_filesystem() {
-        need_root();
+        need_root("mounts tmpfs");
         let base = tempfile::tempdir().expect("tempdir");
         let pod = base.path().join("pod");
         let mnt = pod.join("shared/c1/mounts/0");

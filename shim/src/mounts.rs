@@ -308,11 +308,7 @@ mod root_tests {
 
     #[test]
     fn snapshot_bind_mount_is_made_and_removed_in_process() {
-        let euid = nix::unistd::geteuid();
-        assert!(
-            euid.is_root(),
-            "this test makes bind mounts: it needs root, euid is {euid}"
-        );
+        crate::testing::need_root("makes bind mounts");
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("snap");
         std::fs::create_dir_all(&src).expect("src");

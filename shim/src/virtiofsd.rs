@@ -152,19 +152,12 @@ mod tests {
 #[cfg(test)]
 mod root_tests {
     use super::*;
+    use crate::testing::need_root;
     use nix::mount::{mount, MsFlags};
-
-    fn need_root() {
-        let euid = nix::unistd::geteuid();
-        assert!(
-            euid.is_root(),
-            "this test mounts and runs virtiofsd in namespaces: needs root, euid is {euid}"
-        );
-    }
 
     #[test]
     fn a_mount_made_after_start_is_seen_in_virtiofsds_namespace() {
-        need_root();
+        need_root("mounts and runs virtiofsd in namespaces");
         let binary = child::find_helper(Path::new(""), "virtiofsd")
             .or_else(|| Some(PathBuf::from("/root/.cargo/bin/virtiofsd")).filter(|p| p.is_file()))
             .expect("virtiofsd installed (scripts/install-deps.sh)");

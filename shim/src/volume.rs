@@ -274,16 +274,9 @@ mod tests {
 mod root_tests {
     use super::*;
     use crate::mounts::mount_points_under;
+    use crate::testing::need_root;
     use nix::mount::{umount2, MntFlags};
     use std::path::PathBuf;
-
-    fn need_root() {
-        let euid = nix::unistd::geteuid();
-        assert!(
-            euid.is_root(),
-            "this test makes bind mounts: needs root, euid is {euid}"
-        );
-    }
 
     fn opts(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -309,7 +302,7 @@ mod root_tests {
 
     #[test]
     fn a_ro_bind_is_read_only_on_the_host() {
-        need_root();
+        need_root("makes bind mounts");
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("vol");
         std::fs::create_dir(&src).expect("src");
@@ -338,7 +331,7 @@ mod root_tests {
 
     #[test]
     fn bind_leaves_submounts_out_rbind_takes_them() {
-        need_root();
+        need_root("makes bind mounts");
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("vol");
         let sub = src.join("sub");
@@ -365,7 +358,7 @@ mod root_tests {
 
     #[test]
     fn a_pod_volume_is_bound_once_and_never_reused_for_another_source() {
-        need_root();
+        need_root("makes bind mounts");
         let dir = tempfile::tempdir().expect("tempdir");
         let (src, other) = (dir.path().join("vol"), dir.path().join("other"));
         std::fs::create_dir(&src).expect("src");
@@ -395,7 +388,7 @@ mod root_tests {
     /// both.
     #[test]
     fn propagation_holds_in_a_slave_view_of_the_share() {
-        need_root();
+        need_root("makes bind mounts");
         let dir = tempfile::tempdir().expect("tempdir");
         let base = std::fs::canonicalize(dir.path()).expect("real");
         let mk = |p: &Path| std::fs::create_dir_all(p).expect("dir");
@@ -469,7 +462,7 @@ mod root_tests {
 
     #[test]
     fn a_rw_bind_stays_writable() {
-        need_root();
+        need_root("makes bind mounts");
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("vol");
         std::fs::create_dir(&src).expect("src");

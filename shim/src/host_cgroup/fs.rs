@@ -420,16 +420,9 @@ mod tests {
 mod root_tests {
     use super::super::Limits;
     use super::*;
+    use crate::testing::need_root;
     use std::process::Command;
     use std::time::Duration;
-
-    fn need_root() {
-        let euid = nix::unistd::geteuid();
-        assert!(
-            euid.is_root(),
-            "this test makes cgroups: needs root, euid is {euid}"
-        );
-    }
 
     /// The cgroup v2 mount: /sys/fs/cgroup on a cgroup v2 host, /sys/fs/cgroup/unified on a
     /// hybrid one (where it has few controllers).
@@ -471,7 +464,7 @@ mod root_tests {
 
     #[test]
     fn a_child_is_spawned_into_the_pod_cgroup_with_its_limits() {
-        need_root();
+        need_root("makes cgroups");
         let root = cgroup2_mount();
         let cg = CgroupV2::new(&root);
         let top = format!("husk-shim-test-{}", std::process::id());
@@ -528,7 +521,7 @@ mod root_tests {
 
     #[test]
     fn a_cgroup_with_a_live_process_is_killed_by_crash_cleanup() {
-        need_root();
+        need_root("makes cgroups");
         let root = cgroup2_mount();
         let cg = CgroupV2::new(&root);
         let top = format!("husk-shim-crash-{}", std::process::id());

@@ -13,6 +13,16 @@ pub use pod::{FakePodLauncher, FAKE_VMM_LOG};
 
 use std::time::{Duration, Instant};
 
+/// Fails the test unless it runs as root: tests that mount, make cgroups or namespaces
+/// must not pass by doing nothing. `what` says what needs root.
+pub fn need_root(what: &str) {
+    let euid = nix::unistd::geteuid();
+    assert!(
+        euid.is_root(),
+        "this test {what}: needs root, euid is {euid}"
+    );
+}
+
 /// How long a test waits for something another thread does before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
