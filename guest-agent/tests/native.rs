@@ -732,6 +732,10 @@ fn start_returns_after_exec_so_sigterm_stops_top_as_under_runc() {
         let started = Instant::now();
         let name = comm(pid);
         eprintln!("runc round {round}: pid {pid} is {name:?} when start returned");
+        // runc's start returns once its init was told to go (the exec fifo), which can be
+        // before the exec: runc's own init (Go) catches SIGTERM too, so wait for `top`.
+        let exec = wait_until(started + STOP_DEADLINE, || comm(pid) == "top");
+        assert!(exec, "runc round {round}: top never ran");
         let handled = wait_until(started + STOP_DEADLINE, || catches_sigterm(pid));
         let handler_after = started.elapsed();
         assert!(handled, "runc round {round}: top never caught SIGTERM");
