@@ -4,7 +4,7 @@
 #
 #   fuzz/run.sh TARGET SECONDS   fuzz one target; new inputs go to fuzz/artifacts/corpus/TARGET,
 #                                the committed seeds in fuzz/corpus/TARGET are read too
-#   fuzz/run.sh --ci [SECONDS]   every target for SECONDS (default 20) on its committed corpus
+#   fuzz/run.sh --ci [SECONDS]   every target for SECONDS (default 15) on its committed corpus
 #                                only; fails on the first crash
 #   fuzz/run.sh --build          build every target
 #   fuzz/run.sh --list           the targets
@@ -49,6 +49,15 @@ run() {
         "$3" $seeds
 }
 
+# findings TARGET: whether libFuzzer left a failing input for TARGET.
+findings() {
+    for f in "$here/artifacts/$1"/crash-* "$here/artifacts/$1"/leak-* \
+        "$here/artifacts/$1"/timeout-* "$here/artifacts/$1"/oom-*; do
+        [ -e "$f" ] && return 0
+    done
+    return 1
+}
+
 # Long runs want fast code; the CI run wants a fast build. FUZZ_PROFILE overrides.
 profile=fuzz
 [ "${1:-}" = --ci ] && profile=fuzz-ci
@@ -62,7 +71,7 @@ case "${1:-}" in
     echo "$targets"
     ;;
 --ci)
-    secs=${2:-20}
+    secs=${2:-15}
     build
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
@@ -75,10 +84,9 @@ case "${1:-}" in
         done
         wait
         for t in $pair; do
-            echo "== $t: $(grep -E '^#[0-9]+ +DONE' "$work/$t.log" | tail -1)"
+            echo "== $t: $(grep -a 'DONE' "$work/$t.log" | tail -1)"
             # libFuzzer writes crash-*, leak-*, timeout-* or oom-* when a run fails.
-            if ! grep -q 'DONE' "$work/$t.log" || ls "$here/artifacts/$t"/crash-* \
-                "$here/artifacts/$t"/timeout-* "$here/artifacts/$t"/oom-* >/dev/null 2>&1; then
+            if ! grep -aq 'DONE' "$work/$t.log" || findings "$t"; then
                 tail -40 "$work/$t.log" >&2
                 echo "fuzz target $t failed; inputs in $here/artifacts/$t" >&2
                 exit 1
