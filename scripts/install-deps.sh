@@ -18,6 +18,8 @@ packages=(
     libseccomp-dev libcap-ng-dev pkg-config
     # ttrpc code generation
     protobuf-compiler
+    # libFuzzer (C++) for the fuzz targets' brief CI run (fuzz/run.sh --ci)
+    g++
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
