@@ -6,7 +6,7 @@
 
 use husk_lock::MutexExt;
 use std::path::Path;
-use std::sync::MutexGuard;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use husk_e2e::containerd::{Containerd, Options, BUSYBOX_IMAGE, HUSK_RUNTIME};
@@ -15,7 +15,7 @@ use husk_e2e::{wait_until, Artifacts};
 use husk_vmm_api::{ApiClient, Request};
 
 /// The exit status the shim gives every task of a pod whose VM or helper died.
-const LOST: i32 = 255;
+const LOST: i64 = 255;
 
 /// How long the shim may take to notice a fault: a dead process at once, a silent guest
 /// after its health checks missed (2 × (5 s + 5 s) by default); generous for the nested
@@ -41,10 +41,64 @@ fn task_status(d: &Containerd, id: &str) -> Option<String> {
     })
 }
 
+/// containerd's task events (`ctr events`), collected from before a fault on.
+struct Events {
+    child: std::process::Child,
+    lines: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl Events {
+    fn start(d: &Containerd) -> Self {
+        use std::io::BufRead;
+        let mut cmd = d.ctr_cmd(&["events"]);
+        cmd.stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("ctr events");
+        let out = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.locked().push(line);
+            }
+        });
+        Events { child, lines }
+    }
+
+    /// The exit status of `id`'s init in its `/tasks/exit` event (containerd omits a 0).
+    fn exit_status(&self, id: &str) -> Option<i64> {
+        let want = format!("\"container_id\":\"{id}\"");
+        let mut status = None;
+        let seen = wait_until(Instant::now() + Duration::from_secs(30), || {
+            status = self.lines.locked().iter().find_map(|l| {
+                let json = l.split_once("/tasks/exit ")?.1;
+                if !json.contains(&want) {
+                    return None;
+                }
+                let v: serde_json::Value = serde_json::from_str(json).ok()?;
+                (v["id"] == v["container_id"]).then(|| v["exit_status"].as_i64().unwrap_or(0))
+            });
+            status.is_some()
+        });
+        assert!(
+            seen,
+            "no /tasks/exit event for {id}: {:?}",
+            self.lines.locked()
+        );
+        status
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Waits until containerd sees `id` stopped (or gone, after a shim crash), then deletes
-/// the task and the container; returns `ctr task delete`'s exit code (ctr exits with the
-/// task's exit status) and checks nothing is left.
-fn expect_stopped_and_clean(d: &Containerd, id: &str, fault: &str) -> Option<i32> {
+/// the task and the container and checks nothing is left; returns the exit status of the
+/// task's `/tasks/exit` event.
+fn expect_stopped_and_clean(d: &Containerd, events: &Events, id: &str, fault: &str) -> Option<i64> {
     let t = Instant::now();
     let mut status = None;
     let stopped = wait_until(Instant::now() + NOTICED_WITHIN, || {
@@ -61,10 +115,15 @@ fn expect_stopped_and_clean(d: &Containerd, id: &str, fault: &str) -> Option<i32
         status.as_deref().unwrap_or("gone"),
         t.elapsed().as_secs_f64()
     );
-    let code = status.is_some().then(|| {
+    let code = events.exit_status(id);
+    if status.is_some() {
         let out = d.ctr(&["task", "delete", id]);
-        out.status.code()
-    });
+        assert!(
+            out.status.success(),
+            "{fault}: task delete: {}",
+            d.explain(&out)
+        );
+    }
     let out = d.ctr(&["container", "rm", id]);
     assert!(
         out.status.success(),
@@ -74,7 +133,7 @@ fn expect_stopped_and_clean(d: &Containerd, id: &str, fault: &str) -> Option<i32
     d.assert_nothing_left(&format!("after {fault}"));
     let cgroup = Path::new("/sys/fs/cgroup").join(&d.opts.namespace).join(id);
     assert!(!cgroup.exists(), "{fault}: {} left", cgroup.display());
-    code.flatten()
+    code
 }
 
 /// The one pid of `binary` serving the pod of `id`.
@@ -96,9 +155,10 @@ fn faults_husk_vmm_killed() {
     let (d, _g) = daemon();
     let id = "vmmkill";
     d.run_detached(id, SLEEPER);
+    let events = Events::start(d);
     kill9(helper(d, id, "husk-vmm"));
     assert_eq!(
-        expect_stopped_and_clean(d, id, "husk-vmm killed"),
+        expect_stopped_and_clean(d, &events, id, "husk-vmm killed"),
         Some(LOST)
     );
 }
@@ -110,9 +170,10 @@ fn faults_virtiofsd_killed() {
     let (d, _g) = daemon();
     let id = "fskill";
     d.run_detached(id, SLEEPER);
+    let events = Events::start(d);
     kill9(helper(d, id, "virtiofsd"));
     assert_eq!(
-        expect_stopped_and_clean(d, id, "virtiofsd killed"),
+        expect_stopped_and_clean(d, &events, id, "virtiofsd killed"),
         Some(LOST)
     );
 }
@@ -136,8 +197,9 @@ fn faults_shim_killed() {
                 .any(|w| w[0] == b"-id" && w[1] == id.as_bytes())
         })
         .expect("the shim serving the task");
+    let events = Events::start(d);
     kill9(shim);
-    expect_stopped_and_clean(d, id, "shim killed");
+    expect_stopped_and_clean(d, &events, id, "shim killed");
 }
 
 /// The VM paused behind containerd's back (husk-vmm's control API): the agent stops
@@ -149,9 +211,10 @@ fn faults_vm_paused_behind_containerds_back() {
     d.run_detached(id, SLEEPER);
     let api = pod_dir(d, id).join("api.sock");
     let mut client = ApiClient::connect(&api, Duration::from_secs(10)).expect("control API");
+    let events = Events::start(d);
     client.call(Request::Pause).expect("pause");
     assert_eq!(
-        expect_stopped_and_clean(d, id, "VM paused"),
+        expect_stopped_and_clean(d, &events, id, "VM paused"),
         Some(LOST),
         "a paused guest is a lost one"
     );
@@ -163,9 +226,13 @@ fn faults_guest_kernel_panic() {
     let (d, _g) = daemon();
     let id = "panic";
     d.run_detached_with(id, &["--privileged"], SLEEPER);
+    let events = Events::start(d);
     // The exec dies with the guest: its own result says nothing.
     let _ = d.exec(id, "crash", &["sh", "-c", "echo c > /proc/sysrq-trigger"]);
-    assert_eq!(expect_stopped_and_clean(d, id, "guest panic"), Some(LOST));
+    assert_eq!(
+        expect_stopped_and_clean(d, &events, id, "guest panic"),
+        Some(LOST)
+    );
 }
 
 /// kill -9 of husk-vmm while the container is being created: `ctr run` fails and nothing
@@ -175,6 +242,7 @@ fn faults_husk_vmm_killed_during_create() {
     let (d, _g) = daemon();
     let id = "vmmkillcreate";
     let pod = pod_dir(d, id);
+    let events = Events::start(d);
     std::thread::scope(|s| {
         let run = s.spawn(|| {
             let mut args = vec!["run", "-d", "--runtime", HUSK_RUNTIME, BUSYBOX_IMAGE, id];
@@ -192,7 +260,7 @@ fn faults_husk_vmm_killed_during_create() {
         // `ctr run -d` may have returned before the kill (the task then stops with 255);
         // if not, it fails. Either way nothing may be left once it is removed.
         if out.status.success() {
-            expect_stopped_and_clean(d, id, "husk-vmm killed during create");
+            expect_stopped_and_clean(d, &events, id, "husk-vmm killed during create");
         } else {
             let _ = d.ctr(&["container", "rm", id]);
             d.assert_nothing_left("after husk-vmm killed during create");
